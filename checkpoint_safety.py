@@ -1,0 +1,109 @@
+"""Safe checkpoint loading for stock fairseq on torch >= 2.6.
+
+torch >= 2.6 unpickles with ``weights_only=True`` by default, which refuses the
+``argparse.Namespace`` that fairseq (and OFA) checkpoints carry, so resume,
+``--restore-file`` and ``fairseq-generate --path`` all fail. Instead of turning the
+protection off, this module allow-lists the handful of plain types a fairseq
+checkpoint holds and wraps fairseq's loader so that any other pickled object is
+refused with an error naming the file, the types, and the explicit opt-in for a file
+the user trusts (``OFA_EL_TRUSTED_CHECKPOINTS``, a ``os.pathsep``-separated list).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pickle
+from typing import Any, Callable, List
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+TRUSTED_ENV = "OFA_EL_TRUSTED_CHECKPOINTS"
+
+
+def _numpy_scalar_types() -> List[Any]:
+    """numpy scalars appear in checkpoints as best-metric values (e.g. CIDEr as float64)."""
+    core = getattr(np, "_core", None) or np.core
+    types: List[Any] = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        types += [dtypes.Float64DType, dtypes.Float32DType, dtypes.Int64DType, dtypes.Int32DType, dtypes.BoolDType]
+    return types
+
+
+#: Everything beyond torch's own weights-only set that a fairseq / OFA checkpoint holds.
+CHECKPOINT_SAFE_TYPES: List[Any] = [argparse.Namespace] + _numpy_scalar_types()
+
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """A checkpoint holds pickled objects outside the allow-list."""
+
+
+def _supports_weights_only_allow_list() -> bool:
+    return hasattr(torch.serialization, "add_safe_globals")
+
+
+def trusted_paths() -> List[str]:
+    raw = os.environ.get(TRUSTED_ENV, "")
+    return [os.path.realpath(p) for p in raw.split(os.pathsep) if p]
+
+
+def foreign_globals(path: str) -> List[str]:
+    """Names of the pickled globals in ``path`` that weights-only loading refuses."""
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in CHECKPOINT_SAFE_TYPES}
+    found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    return [name for name in found if name not in allowed]
+
+
+def _resolve(name: str) -> Any:
+    module, _, attr = name.rpartition(".")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def guard_loader(load_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a ``load(path, ...)`` function: refuse foreign objects clearly, honour trust."""
+
+    def guarded(path: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return load_fn(path, *args, **kwargs)
+        except pickle.UnpicklingError as err:
+            if isinstance(err, UntrustedCheckpointError):
+                raise
+            local = path
+            names = foreign_globals(local) if os.path.isfile(local) else []
+            if names and os.path.realpath(local) in trusted_paths():
+                logger.warning("loading trusted checkpoint %s with extra pickled types: %s", local, ", ".join(names))
+                with torch.serialization.safe_globals([_resolve(n) for n in names]):
+                    return load_fn(path, *args, **kwargs)
+            what = ", ".join(names) if names else str(err).splitlines()[0]
+            raise UntrustedCheckpointError(
+                f"refusing to load checkpoint {path}: it holds pickled objects outside the allow-list "
+                f"of fairseq checkpoint types ({what}). Loading them could run arbitrary code. If you "
+                f"trust this file, list it in the environment variable {TRUSTED_ENV} "
+                f"(e.g. {TRUSTED_ENV}={os.path.realpath(local)}) and run again."
+            ) from err
+
+    guarded.__wrapped__ = load_fn  # type: ignore[attr-defined]
+    guarded.__doc__ = load_fn.__doc__
+    return guarded
+
+
+def install() -> None:
+    """Allow-list checkpoint types and guard fairseq's loader (idempotent)."""
+    if not _supports_weights_only_allow_list():
+        return  # torch < 2.4 loads full pickles anyway; nothing to fix
+    torch.serialization.add_safe_globals(CHECKPOINT_SAFE_TYPES)
+    from fairseq import checkpoint_utils
+
+    if not hasattr(checkpoint_utils.load_checkpoint_to_cpu, "__wrapped__"):
+        checkpoint_utils.load_checkpoint_to_cpu = guard_loader(checkpoint_utils.load_checkpoint_to_cpu)
+
+
+install()

@@ -1,0 +1,271 @@
+"""Criterion ``adjust_label_smoothed_cross_entropy``: OFA's label-smoothed CE, corrected.
+
+It is the A/B baseline of the Encouraging Loss criterion, which subclasses it and only
+switches the bonus on. The maths lives in :mod:`token_losses`; this file is fairseq glue:
+options, token flattening (prefix, eos, padding, constraints, weights), R-Drop batch
+duplication, update-dependent token dropping and metrics.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from fairseq import metrics, utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from omegaconf import II
+from torch import Tensor
+
+from .token_losses import support_mask_from_range, token_losses
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class AdjustLabelSmoothedCrossEntropyConfig(FairseqDataclass):
+    label_smoothing: float = field(default=0.0, metadata={"help": "epsilon for label smoothing, 0 means none"})
+    report_accuracy: bool = field(default=False, metadata={"help": "report token accuracy"})
+    ignore_prefix_size: int = field(default=0, metadata={"help": "ignore the first N target positions"})
+    ignore_eos: bool = field(default=False, metadata={"help": "leave eos targets out of the loss"})
+    sentence_avg: bool = II("optimization.sentence_avg")
+    drop_worst_ratio: float = field(
+        default=0.0, metadata={"help": "share of target tokens with the highest loss to drop, in [0, 1)"})
+    drop_worst_after: int = field(
+        default=0, metadata={"help": "drop the worst tokens only once more than this many updates are done"})
+    drop_best_ratio: float = field(
+        default=0.0, metadata={"help": "share of target tokens with the lowest loss to drop, in [0, 1)"})
+    drop_best_after: int = field(
+        default=0, metadata={"help": "drop the best tokens only once more than this many updates are done"})
+    use_rdrop: bool = field(default=False, metadata={"help": "use R-Drop (run each sample twice, add their KL)"})
+    reg_alpha: float = field(default=1.0, metadata={"help": "weight of the R-Drop KL term"})
+    sample_patch_num: int = field(
+        default=196, metadata={"help": "patches kept for the first view of a two-view (list) batch; <= 0 keeps all"})
+    constraint_range: Optional[str] = field(
+        default=None, metadata={"help": "'start,end': restrict the softmax to the 4 specials and ids [start, end)"})
+
+
+def parse_constraint_range(value: Optional[str], vocab_size: Optional[int] = None) -> Optional[Tuple[int, int]]:
+    """Parse ``--constraint-range start,end`` with an error that names the option."""
+    if value is None or value == "":
+        return None
+    parts = str(value).split(",")
+    try:
+        start, end = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--constraint-range: expected two integers 'start,end', got {value!r}") from None
+    if not 0 <= start < end:
+        raise ValueError(f"--constraint-range: need 0 <= start < end, got {value!r}")
+    if vocab_size is not None and end > vocab_size:
+        raise ValueError(f"--constraint-range: end {end} exceeds the dictionary size {vocab_size}")
+    return start, end
+
+
+def check_ratio(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"--{name.replace('_', '-')}: must lie in [0, 1), got {value}")
+
+
+def duplicate_for_rdrop(sample: Any) -> Any:
+    """Two aligned copies of a batch (a, b, a, b): R-Drop compares the two forward passes."""
+    if isinstance(sample, dict):
+        return {key: duplicate_for_rdrop(value) for key, value in sample.items()}
+    if isinstance(sample, Tensor):
+        return torch.cat([sample, sample], dim=0)
+    if isinstance(sample, np.ndarray):
+        return np.concatenate([sample, sample], axis=0)
+    if isinstance(sample, list):
+        return sample + sample
+    if isinstance(sample, bool) or sample is None or isinstance(sample, str):
+        return sample
+    if isinstance(sample, int):
+        return sample * 2  # ntokens, nsentences
+    return sample
+
+
+@register_criterion("adjust_label_smoothed_cross_entropy", dataclass=AdjustLabelSmoothedCrossEntropyConfig)
+class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
+    """Label-smoothed CE with OFA's options; subclasses add a bonus by setting ``log_end``."""
+
+    #: None disables the encouraging bonus; the EL criterion sets it from ``--log-end``.
+    log_end: Optional[float] = None
+
+    def __init__(
+        self,
+        task,
+        sentence_avg: bool,
+        label_smoothing: float,
+        ignore_prefix_size: int = 0,
+        ignore_eos: bool = False,
+        report_accuracy: bool = False,
+        drop_worst_ratio: float = 0.0,
+        drop_worst_after: int = 0,
+        drop_best_ratio: float = 0.0,
+        drop_best_after: int = 0,
+        use_rdrop: bool = False,
+        reg_alpha: float = 1.0,
+        sample_patch_num: int = 196,
+        constraint_range: Optional[str] = None,
+    ):
+        super().__init__(task)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing: must lie in [0, 1), got {label_smoothing}")
+        for name, value in (("drop_worst_ratio", drop_worst_ratio), ("drop_best_ratio", drop_best_ratio)):
+            check_ratio(name, value)
+        if ignore_prefix_size < 0:
+            raise ValueError(f"--ignore-prefix-size: must be >= 0, got {ignore_prefix_size}")
+        if reg_alpha < 0:
+            raise ValueError(f"--reg-alpha: must be >= 0, got {reg_alpha}")
+        dictionary = getattr(task, "target_dictionary", None)
+        self.sentence_avg = sentence_avg
+        self.eps = label_smoothing
+        self.ignore_prefix_size = ignore_prefix_size
+        self.ignore_eos = ignore_eos
+        self.report_accuracy = report_accuracy
+        self.drop_worst_ratio = drop_worst_ratio
+        self.drop_worst_after = drop_worst_after
+        self.drop_best_ratio = drop_best_ratio
+        self.drop_best_after = drop_best_after
+        self.use_rdrop = use_rdrop
+        self.reg_alpha = reg_alpha
+        self.sample_patch_num = sample_patch_num
+        self.constraint_range = parse_constraint_range(constraint_range, len(dictionary) if dictionary else None)
+        self.eos_idx = dictionary.eos() if dictionary is not None else 2
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, model, sample, update_num: int = 0, reduce: bool = True):
+        """Returns (loss, sample_size, logging_output), as every fairseq criterion does."""
+        if isinstance(sample, list):
+            return self._forward_two_views(model, sample, update_num, reduce)
+        if self.use_rdrop:
+            sample = duplicate_for_rdrop(sample)
+        net_output = model(**sample["net_input"])
+        loss, nll_loss, stats = self.compute_loss(model, net_output, sample, update_num, reduce=reduce)
+        sample_size = sample["target"].size(0) if self.sentence_avg else stats["ntokens_kept"]
+        logging_output = {
+            "loss": loss.data.sum() if not reduce else loss.data,
+            "nll_loss": nll_loss.data.sum() if not reduce else nll_loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["nsentences"],
+            "sample_size": sample_size,
+            **stats,
+        }
+        return loss, sample_size, logging_output
+
+    def _forward_two_views(self, model, samples: List[Dict], update_num: int, reduce: bool):
+        """OFA's two-view batches: the first view keeps ``sample_patch_num`` patches; per-view means are added."""
+        if len(samples) != 2:
+            raise ValueError(f"a list batch must hold exactly two views, got {len(samples)}")
+        first = dict(samples[0], net_input=dict(samples[0]["net_input"]))
+        if self.sample_patch_num > 0:
+            first["net_input"]["sample_patch_num"] = self.sample_patch_num
+        loss_1, size_1, log_1 = self.forward(model, first, update_num, reduce)
+        loss_2, size_2, log_2 = self.forward(model, samples[1], update_num, reduce)
+        loss = loss_1 / max(size_1, 1) + loss_2 / max(size_2, 1)
+        logging_output = {key: log_1.get(key, 0) + log_2.get(key, 0) for key in set(log_1) | set(log_2)}
+        # Both views are already averaged: scale the sums so that reduce_metrics shows that mean.
+        logging_output["loss"] = loss.data.sum()
+        logging_output["sample_size"] = 1
+        logging_output["nll_loss"] = log_1["nll_loss"] / max(log_1["ntokens_kept"], 1) + log_2["nll_loss"] / max(
+            log_2["ntokens_kept"], 1)
+        logging_output["ntokens_kept"] = 1
+        return loss, 1, logging_output
+
+    # ------------------------------------------------------------------ tokens
+    def flat_tokens(self, model, net_output, sample):
+        """The scored target tokens as flat tensors: logits [N, V], target [N], support, weights, positions."""
+        logits = net_output[0]
+        if getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is not None:
+            raise ValueError("adaptive softmax decoders are not supported by this criterion")
+        target = model.get_targets(sample, net_output)
+        masks = sample.get("constraint_masks")
+        if self.ignore_prefix_size > 0:
+            logits = logits[:, self.ignore_prefix_size:, :]
+            target = target[:, self.ignore_prefix_size:]
+            masks = masks[:, self.ignore_prefix_size:, :] if masks is not None else None
+        scored = target.ne(self.padding_idx)
+        if self.ignore_eos:
+            scored &= target.ne(self.eos_idx)
+        positions = scored.reshape(-1).nonzero().squeeze(-1)
+        flat_logits = logits.reshape(-1, logits.size(-1)).index_select(0, positions)
+        flat_target = target.reshape(-1).index_select(0, positions)
+        support = None
+        if self.constraint_range is not None:
+            support = support_mask_from_range(logits.size(-1), *self.constraint_range, device=logits.device)
+        if masks is not None:
+            token_masks = masks.reshape(-1, masks.size(-1)).index_select(0, positions).bool()
+            support = token_masks if support is None else token_masks & support
+        weights = None
+        conf = sample.get("conf")
+        if conf is not None:
+            weights = conf.to(logits.device, torch.float32)[:, None].expand_as(target).reshape(-1)
+            weights = weights.index_select(0, positions)
+        return flat_logits, flat_target, support, weights, positions, target.shape
+
+    def active_ratios(self, update_num: int) -> Tuple[float, float]:
+        """Token dropping starts strictly after ``--drop-*-after`` completed updates (OFA's rule)."""
+        worst = self.drop_worst_ratio if update_num > self.drop_worst_after else 0.0
+        best = self.drop_best_ratio if update_num > self.drop_best_after else 0.0
+        return worst, best
+
+    def compute_loss(self, model, net_output, sample, update_num: int = 0, reduce: bool = True):
+        logits, target, support, weights, positions, shape = self.flat_tokens(model, net_output, sample)
+        masked = logits.float() if support is None else logits.float().masked_fill(~support, float("-inf"))
+        lprobs = torch.log_softmax(masked, dim=-1)
+        worst, best = self.active_ratios(update_num)
+        out = token_losses(
+            lprobs, target, self.eps,
+            log_end=self.log_end, weights=weights, support=support,
+            drop_worst_ratio=worst, drop_best_ratio=best,
+            rdrop_alpha=self.reg_alpha if self.use_rdrop else None,
+            reduce=reduce,
+        )
+        loss, nll_loss = out.loss, out.nll_loss
+        if not reduce:  # per target position, 0 for padding / ignored / dropped tokens
+            loss = loss.new_zeros(shape.numel()).index_copy(0, positions, loss).view(shape)
+            nll_loss = nll_loss.new_zeros(shape.numel()).index_copy(0, positions, nll_loss).view(shape)
+        stats = {
+            "ntokens_kept": out.sample_size,
+            "p_target_sum": out.p_target_sum.item(),
+        }
+        if self.log_end is not None:
+            stats["bonus_sum"] = out.bonus_sum.item()
+            stats["past_log_end"] = int(out.past_log_end.item())
+        if self.report_accuracy:
+            stats["n_correct"] = int(out.n_correct.item())
+            stats["total"] = int(target.numel())
+        return loss, nll_loss, stats
+
+    # ------------------------------------------------------------------ metrics
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        """Losses in base 2 (as fairseq's criteria), so ``ppl`` is a perplexity; EL diagnostics per kept token."""
+
+        def total(key):
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        loss_sum, nll_sum = total("loss"), total("nll_loss")
+        sample_size, kept = total("sample_size"), total("ntokens_kept")
+        metrics.log_scalar("loss", loss_sum / max(sample_size, 1) / LN2, sample_size, round=3)
+        metrics.log_scalar("nll_loss", nll_sum / max(kept, 1) / LN2, kept, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        if kept > 0 and any("p_target_sum" in log for log in logging_outputs):
+            metrics.log_scalar("p_target", total("p_target_sum") / kept, kept, round=4)
+        if kept > 0 and any("bonus_sum" in log for log in logging_outputs):
+            metrics.log_scalar("bonus", total("bonus_sum") / kept / LN2, kept, round=4)
+            metrics.log_scalar("past_log_end", total("past_log_end") / kept, kept, round=4)
+        n_total = total("total")
+        if n_total > 0:
+            metrics.log_scalar("total", n_total)
+            metrics.log_scalar("n_correct", total("n_correct"))
+            metrics.log_derived(
+                "accuracy",
+                lambda meters: round(meters["n_correct"].sum * 100.0 / meters["total"].sum, 3)
+                if meters["total"].sum > 0 else float("nan"),
+            )
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
