@@ -91,6 +91,8 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
 
     #: None disables the encouraging bonus; the EL criterion sets it from ``--log-end``.
     log_end: Optional[float] = None
+    #: None disables the Poly-1 term; a Poly-1 criterion sets it from ``--poly-epsilon``.
+    poly_epsilon: Optional[float] = None
 
     def __init__(
         self,
@@ -220,6 +222,7 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
             log_end=self.log_end, weights=weights, support=support,
             drop_worst_ratio=worst, drop_best_ratio=best,
             rdrop_alpha=self.reg_alpha if self.use_rdrop else None,
+            poly_epsilon=self.poly_epsilon,
             reduce=reduce,
         )
         loss, nll_loss = out.loss, out.nll_loss

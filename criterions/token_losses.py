@@ -103,6 +103,20 @@ def select_tokens(ranking: Tensor, drop_worst_ratio: float = 0.0, drop_best_rati
     return torch.cat([kept, kept + half]) if paired else kept
 
 
+def poly1_term(lprobs: Tensor, target: Tensor, epsilon: float, support: Optional[Tensor] = None) -> Tensor:
+    """Per-token Poly-1 term ``1 - <q, p>`` against the label distribution ``q`` the CE uses.
+
+    With fairseq's smoothing ``q_y = 1 - eps`` and ``q_v = eps/(K-1)`` elsewhere, so
+    ``<q, p> = (1 - eps - eps/(K-1)) p_y + eps/(K-1)`` (the probabilities sum to 1 on the support).
+    """
+    p_target = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).exp()
+    if epsilon == 0.0:
+        return 1.0 - p_target
+    k = support_sizes(support, lprobs.size(0), lprobs.size(-1), lprobs.device)
+    eps_i = epsilon / (k - 1.0)
+    return 1.0 - ((1.0 - epsilon - eps_i) * p_target + eps_i)
+
+
 def rdrop_kl(lprobs_a: Tensor, lprobs_b: Tensor, support: Optional[Tensor] = None) -> Tensor:
     """Per-pair symmetric KL ``(KL(p||q) + KL(q||p)) / 2 = 1/2 sum_v (p_v - q_v)(log p_v - log q_v)``."""
     terms = (lprobs_a.exp() - lprobs_b.exp()) * (lprobs_a - lprobs_b)
@@ -136,6 +150,7 @@ def token_losses(
     drop_worst_ratio: float = 0.0,
     drop_best_ratio: float = 0.0,
     rdrop_alpha: Optional[float] = None,
+    poly_epsilon: Optional[float] = None,
     reduce: bool = True,
 ) -> TokenLossOutput:
     """Label-smoothed CE (``log_end=None``) or Encouraging Loss over a flat batch of tokens.
@@ -149,6 +164,7 @@ def token_losses(
         support: optional boolean [V] or [N, V]: the constrained set the softmax ran over.
         drop_worst_ratio / drop_best_ratio: active ratios (the caller applies ``--*-after``).
         rdrop_alpha: R-Drop weight; when set, the tokens are two aligned copies [a; b].
+        poly_epsilon: Poly-1 coefficient; when set, ``poly_epsilon * (1 - <q, p>)`` is added.
         reduce: sum (True) or per-token values aligned with the input (False).
     """
     paired = rdrop_alpha is not None
@@ -178,6 +194,9 @@ def token_losses(
             bonus = bonus * k_weights
         per_token = per_token + bonus
         bonus_sum = bonus.detach().sum()
+    if poly_epsilon is not None:
+        poly = poly_epsilon * poly1_term(k_lprobs, k_target, epsilon, k_support)
+        per_token = per_token + (poly * k_weights if k_weights is not None else poly)
     if paired:
         half = k_lprobs.size(0) // 2
         support_a = k_support if k_support is None or k_support.dim() == 1 else k_support[:half]
