@@ -48,11 +48,12 @@ def support_mask_from_range(vocab_size: int, start: int, end: int, device=None) 
     return mask
 
 
-def support_sizes(support: Optional[Tensor], num_tokens: int, vocab_size: int, device=None) -> Tensor:
-    """Per-token support size ``K`` (float) for a [V] or [N, V] boolean support, or the full vocabulary."""
+def support_sizes(support: Optional[Tensor], num_tokens: int, vocab_size: int, like: Tensor) -> Tensor:
+    """Per-token support size ``K`` (in ``like``'s dtype) for a [V] or [N, V] boolean support, or the vocabulary."""
     if support is None:
-        return torch.full((num_tokens,), float(vocab_size), device=device)
-    return support.sum(-1, dtype=torch.float32).expand(num_tokens) if support.dim() == 1 else support.sum(-1, dtype=torch.float32)
+        return torch.full((num_tokens,), float(vocab_size), dtype=like.dtype, device=like.device)
+    sizes = support.sum(-1).to(like.dtype)
+    return sizes.expand(num_tokens) if support.dim() == 1 else sizes
 
 
 def label_smoothed_ce(lprobs: Tensor, target: Tensor, epsilon: float, support: Optional[Tensor] = None):
@@ -62,7 +63,7 @@ def label_smoothed_ce(lprobs: Tensor, target: Tensor, epsilon: float, support: O
         return nll, nll
     in_support = lprobs if support is None else lprobs.masked_fill(~support, 0.0)
     smooth = -in_support.sum(-1)
-    k = support_sizes(support, lprobs.size(0), lprobs.size(-1), lprobs.device)
+    k = support_sizes(support, lprobs.size(0), lprobs.size(-1), lprobs)
     eps_i = epsilon / (k - 1.0)
     return (1.0 - epsilon - eps_i) * nll + eps_i * smooth, nll
 
@@ -77,7 +78,7 @@ def smoothed_bonus(lprobs: Tensor, target: Tensor, epsilon: float, log_end: floa
         return target_bonus
     if support is not None:
         bonus = bonus.masked_fill(~support, 0.0)
-    k = support_sizes(support, lprobs.size(0), lprobs.size(-1), lprobs.device)
+    k = support_sizes(support, lprobs.size(0), lprobs.size(-1), lprobs)
     return (1.0 - epsilon) * target_bonus + (epsilon / k) * bonus.sum(-1)
 
 
@@ -112,7 +113,7 @@ def poly1_term(lprobs: Tensor, target: Tensor, epsilon: float, support: Optional
     p_target = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1).exp()
     if epsilon == 0.0:
         return 1.0 - p_target
-    k = support_sizes(support, lprobs.size(0), lprobs.size(-1), lprobs.device)
+    k = support_sizes(support, lprobs.size(0), lprobs.size(-1), lprobs)
     eps_i = epsilon / (k - 1.0)
     return 1.0 - ((1.0 - epsilon - eps_i) * p_target + eps_i)
 
