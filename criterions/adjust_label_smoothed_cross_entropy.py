@@ -5,8 +5,8 @@ switches the bonus on. The maths lives in :mod:`token_losses`; this file is fair
 options, token flattening (prefix, eos, padding, constraints, weights), R-Drop batch
 duplication, update-dependent token dropping and metrics.
 """
-from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -135,6 +135,12 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         self.sample_patch_num = sample_patch_num
         self.constraint_range = parse_constraint_range(constraint_range, len(dictionary) if dictionary else None)
         self.eos_idx = dictionary.eos() if dictionary is not None else 2
+
+    @classmethod
+    def build_criterion(cls, cfg, task):
+        """Pass every config field by name, so subclasses add options without restating the signature."""
+        names = [f.name for f in dataclasses.fields(getattr(cls, "__dataclass")) if not f.name.startswith("_")]
+        return cls(task, **{name: getattr(cfg, name) for name in names})
 
     # ------------------------------------------------------------------ forward
     def forward(self, model, sample, update_num: int = 0, reduce: bool = True):

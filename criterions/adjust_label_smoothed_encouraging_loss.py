@@ -3,7 +3,6 @@
 Everything but ``--log-end`` is shared with ``adjust_label_smoothed_cross_entropy`` (the
 A/B baseline), so the two criteria differ only by the bonus term.
 """
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 
