@@ -5,15 +5,33 @@ registers the criteria, tasks and models with fairseq and installs the safe chec
 loader. Without fairseq only the torch-only parts (``ofa_el.losses``, the loss math)
 are usable.
 """
+import os
+import sys
+
 __version__ = "0.1.0"
 
-try:
-    import fairseq  # noqa: F401
-except ImportError:  # torch-only use: losses and loss math stay importable
-    _HAVE_FAIRSEQ = False
-else:
-    _HAVE_FAIRSEQ = True
 
-if _HAVE_FAIRSEQ:
-    from . import checkpoint_safety  # noqa: F401  (allow-lists the types fairseq checkpoints hold)
-    from . import criterions, models, tasks  # noqa: F401  (fairseq registries)
+def _reuse_copy_loaded_under_another_name() -> bool:
+    """fairseq imports a user-dir under its folder name (e.g. ``ofa-el``); if this same folder
+    is already loaded as another package (e.g. the installed ``ofa_el``), become that module,
+    submodules included, instead of registering every component with fairseq a second time."""
+    here = os.path.abspath(__file__)
+    for name, module in list(sys.modules.items()):
+        if name == __name__ or "." in name or os.path.abspath(getattr(module, "__file__", "") or "") != here:
+            continue
+        for sub_name, sub_module in list(sys.modules.items()):
+            if sub_name.startswith(name + "."):
+                sys.modules[__name__ + sub_name[len(name):]] = sub_module
+        sys.modules[__name__] = module
+        return True
+    return False
+
+
+if not _reuse_copy_loaded_under_another_name():
+    try:
+        import fairseq  # noqa: F401
+    except ImportError:  # torch-only use: losses and loss math stay importable
+        pass
+    else:
+        from . import checkpoint_safety  # noqa: F401  (allow-lists the types fairseq checkpoints hold)
+        from . import criterions, models, tasks  # noqa: F401  (fairseq registries)

@@ -86,3 +86,18 @@ def test_hydra_train_from_config(data_dir, tmp_path, subprocess_env):
     out = run(cmd, tmp_path, subprocess_env)
     assert '"train_p_target"' in out and '"train_bonus"' in out
     assert (tmp_path / "ckpt" / "checkpoint_last.pt").is_file()
+
+
+def test_user_dir_and_installed_package_are_one_plugin():
+    """fairseq's user-dir import (under the folder's name) reuses an already imported ofa_el."""
+    import argparse
+    import sys
+
+    import ofa_el
+    from fairseq import utils
+    from fairseq.criterions import CRITERION_REGISTRY
+
+    before = dict(CRITERION_REGISTRY)
+    utils.import_user_module(argparse.Namespace(user_dir=str(REPO_ROOT)))
+    assert sys.modules[REPO_ROOT.name] is ofa_el
+    assert dict(CRITERION_REGISTRY) == before
