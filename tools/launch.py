@@ -51,9 +51,8 @@ def _merge(base: Dict[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
     return merged
 
 
-def load_recipe(path: Path, demo: bool = False) -> Dict[str, Any]:
-    """Read a recipe, merge the recipes it extends, then (with ``demo``) its demo overrides."""
-    path = Path(path)
+def _read_chain(path: Path) -> Dict[str, Any]:
+    """A recipe merged over the recipes it extends (demo blocks merge the same way)."""
     if not path.is_file():
         raise RecipeError(f"recipe not found: {path}")
     try:
@@ -66,12 +65,15 @@ def load_recipe(path: Path, demo: bool = False) -> Dict[str, Any]:
     if unknown:
         raise RecipeError(f"{path}: unknown keys {sorted(unknown)}")
     if "extends" in recipe:
-        base = load_recipe(path.parent / recipe.pop("extends"))
-        recipe = _merge(base, recipe)
-    if demo:
-        recipe = _merge(recipe, recipe.get("demo") or {})
-    recipe.pop("demo", None)
+        recipe = _merge(_read_chain(path.parent / recipe.pop("extends")), recipe)
     return recipe
+
+
+def load_recipe(path: Path, demo: bool = False) -> Dict[str, Any]:
+    """Read a recipe and the recipes it extends, then (with ``demo``) apply its demo overrides."""
+    recipe = _read_chain(Path(path))
+    overrides = recipe.pop("demo", None) or {}
+    return _merge(recipe, overrides) if demo else recipe
 
 
 def expand(value: str, env: Mapping[str, str], defaults: Mapping[str, Any], where: str) -> str:
