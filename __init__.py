@@ -34,4 +34,4 @@ if not _reuse_copy_loaded_under_another_name():
         pass
     else:
         from . import checkpoint_safety  # noqa: F401  (allow-lists the types fairseq checkpoints hold)
-        from . import criterions, models, tasks  # noqa: F401  (fairseq registries)
+        from . import criterions, models, schedulers, tasks  # noqa: F401  (fairseq registries)
