@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from ofa_el.tools.launch import RecipeError, command, load_recipe, main
+from ofa_el.tools.launch import REPO_ROOT, RecipeError, command, load_recipe, main
 
 
 @pytest.fixture
@@ -23,17 +23,18 @@ def recipes(tmp_path):
 def test_extends_and_env_expansion(recipes):
     cmd = command(load_recipe(recipes / "el.yaml"), {"SAVE_DIR": "/runs/x"}, ["--seed=3"])
     assert cmd[:3] == [sys.executable, "-m", "ofa_el.tools.train"]
-    assert cmd[3] == "../data/train.tsv,../data/val.tsv"
+    # relative env defaults are relative to the repository root
+    assert cmd[3] == f"{REPO_ROOT}/../data/train.tsv,{REPO_ROOT}/../data/val.tsv"
     args = cmd[4:]
     assert "--arch=ofa_large" in args and "--fp16" in args and "--log-end=0.75" in args
     assert "--drop-worst-ratio=0.05" in args and "--drop-worst-ratio=0.2" not in args  # the child wins
-    assert "--save-dir=/runs/x" in args  # the environment wins over env defaults
+    assert "--save-dir=/runs/x" in args  # the environment wins over env defaults (and is taken as given)
     assert args[-1] == "--seed=3"  # extra arguments come last, so they override
 
 
 def test_demo_overrides(recipes):
     cmd = command(load_recipe(recipes / "el.yaml", demo=True), {}, [])
-    assert cmd[3] == "demo/data/train.tsv,demo/data/val.tsv"
+    assert cmd[3] == f"{REPO_ROOT}/demo/data/train.tsv,{REPO_ROOT}/demo/data/val.tsv"
     assert "--arch=ofa_demo" in cmd and "--fp16" not in cmd and "--log-end=0.75" in cmd
 
 

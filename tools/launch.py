@@ -5,8 +5,8 @@ A recipe (configs/<task>/<name>.yaml) is the single source of its hyper-paramete
     description: caption stage 1 with Encouraging Loss (OFA's train_caption_stage1_el.sh)
     extends: stage1_ce.yaml          # optional: a base recipe in the same folder, merged first
     entry: train                     # train | evaluate
-    env:                             # paths, overridable from the environment (OFA's defaults)
-      DATA_DIR: ../../dataset/caption_data
+    env:                             # paths, overridable from the environment; relative
+      DATA_DIR: dataset/caption_data # defaults are relative to the repository root (OFA's layout)
     data: [${DATA_DIR}/caption_stage1_train.tsv, ${DATA_DIR}/caption_val.tsv]
     args:                            # fairseq flags: true = bare flag, false/null = left out
       arch: ofa_large
@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 ENTRY_MODULES = {"train": "ofa_el.tools.train", "evaluate": "ofa_el.tools.evaluate"}
 _VAR = re.compile(r"\$\{(\w+)\}")
 
@@ -82,7 +83,8 @@ def expand(value: str, env: Mapping[str, str], defaults: Mapping[str, Any], wher
         if name in env:
             return env[name]
         if name in defaults:
-            return str(defaults[name])
+            default = str(defaults[name])
+            return default if os.path.isabs(default) else str(REPO_ROOT / default)
         raise RecipeError(f"{where}: ${{{name}}} is neither set in the environment nor given under env:")
 
     return _VAR.sub(lookup, value)
