@@ -7,6 +7,11 @@ protection off, this module allow-lists the handful of plain types a fairseq
 checkpoint holds and wraps fairseq's loader so that any other pickled object is
 refused with an error naming the file, the types, and the explicit opt-in for a file
 the user trusts (``OFA_EL_TRUSTED_CHECKPOINTS``, a ``os.pathsep``-separated list).
+
+It also makes every checkpoint file fairseq writes atomic: fairseq saves the first file
+through a temp file and a rename, but then *copies* it to ``checkpoint_last.pt`` /
+``checkpoint_best.pt``; a kill during that copy left a truncated checkpoint. Copies now go
+to a temp file that is renamed into place.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import importlib
 import logging
 import os
 import pickle
+import shutil
 from typing import Any, Callable, List
 
 import numpy as np
@@ -95,13 +101,33 @@ def guard_loader(load_fn: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def atomic_copy(copy_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``PathManager.copy``: local copies land in ``dst.tmp`` first, then are renamed over ``dst``."""
+
+    def copy(src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        if "://" in str(dst_path):  # remote storage: leave it to its own manager
+            return copy_fn(src_path, dst_path, overwrite)
+        if os.path.exists(dst_path) and not overwrite:
+            return False
+        tmp = f"{dst_path}.tmp"
+        shutil.copyfile(src_path, tmp)
+        os.replace(tmp, dst_path)
+        return True
+
+    copy.__wrapped__ = copy_fn  # type: ignore[attr-defined]
+    return staticmethod(copy)
+
+
 def install() -> None:
-    """Allow-list checkpoint types and guard fairseq's loader (idempotent)."""
+    """Allow-list checkpoint types, guard fairseq's loader, make its checkpoint copies atomic (idempotent)."""
+    from fairseq import checkpoint_utils
+    from fairseq.file_io import PathManager
+
+    if not hasattr(PathManager.copy, "__wrapped__"):
+        PathManager.copy = atomic_copy(PathManager.copy)
     if not _supports_weights_only_allow_list():
         return  # torch < 2.4 loads full pickles anyway; nothing to fix
     torch.serialization.add_safe_globals(CHECKPOINT_SAFE_TYPES)
-    from fairseq import checkpoint_utils
-
     if not hasattr(checkpoint_utils.load_checkpoint_to_cpu, "__wrapped__"):
         checkpoint_utils.load_checkpoint_to_cpu = guard_loader(checkpoint_utils.load_checkpoint_to_cpu)
 

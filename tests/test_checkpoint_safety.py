@@ -63,3 +63,26 @@ def test_protection_stays_on_globally():
     buffer.seek(0)
     with pytest.raises(Exception):
         torch.load(buffer)
+
+
+def test_checkpoint_copies_are_atomic(tmp_path, monkeypatch):
+    """fairseq copies checkpoint_last/best from the first file; a crash mid-copy must not truncate them."""
+    from fairseq.file_io import PathManager
+
+    src, dst = tmp_path / "checkpoint1.pt", tmp_path / "checkpoint_last.pt"
+    src.write_bytes(b"new" * 1000)
+    dst.write_bytes(b"old complete checkpoint")
+    real_copyfile = __import__("shutil").copyfile
+
+    def crash_midway(a, b):
+        with open(b, "wb") as handle:
+            handle.write(b"ne")  # a partial write, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("shutil.copyfile", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == b"old complete checkpoint"  # the old file is intact
+    monkeypatch.setattr("shutil.copyfile", real_copyfile)
+    assert PathManager.copy(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == b"new" * 1000
