@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from fairseq import metrics, utils
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 from torch import Tensor
 
+from .fused_token_losses import fused_token_losses
 from .token_losses import support_mask_from_range, token_losses
 
 LN2 = math.log(2.0)
@@ -45,6 +46,8 @@ class AdjustLabelSmoothedCrossEntropyConfig(FairseqDataclass):
         default=196, metadata={"help": "patches kept for the first view of a two-view (list) batch; <= 0 keeps all"})
     constraint_range: Optional[str] = field(
         default=None, metadata={"help": "'start,end': restrict the softmax to the 4 specials and ids [start, end)"})
+    loss_impl: ChoiceEnum(["fused", "reference"]) = field(
+        default="fused", metadata={"help": "fused: closed-form gradient, CE's memory; reference: plain autograd"})
 
 
 def parse_constraint_range(value: Optional[str], vocab_size: Optional[int] = None) -> Optional[Tuple[int, int]]:
@@ -110,8 +113,11 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         reg_alpha: float = 1.0,
         sample_patch_num: int = 196,
         constraint_range: Optional[str] = None,
+        loss_impl: str = "fused",
     ):
         super().__init__(task)
+        if loss_impl not in ("fused", "reference"):
+            raise ValueError(f"--loss-impl: expected 'fused' or 'reference', got {loss_impl!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing: must lie in [0, 1), got {label_smoothing}")
         for name, value in (("drop_worst_ratio", drop_worst_ratio), ("drop_best_ratio", drop_best_ratio)):
@@ -135,6 +141,7 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         self.sample_patch_num = sample_patch_num
         self.constraint_range = parse_constraint_range(constraint_range, len(dictionary) if dictionary else None)
         self.eos_idx = dictionary.eos() if dictionary is not None else 2
+        self.loss_impl = str(loss_impl)
 
     @classmethod
     def build_criterion(cls, cfg, task):
@@ -183,7 +190,8 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
 
     # ------------------------------------------------------------------ tokens
     def flat_tokens(self, model, net_output, sample):
-        """The scored target tokens as flat tensors: logits [N, V], target [N], support, weights, positions."""
+        """The scored target tokens: all logits as [B*T, V] (no copy), the scored ``positions`` in it,
+        and per scored token its target, support (None, [V] or [N, V]) and weight."""
         logits = net_output[0]
         if getattr(getattr(model, "decoder", None), "adaptive_softmax", None) is not None:
             raise ValueError("adaptive softmax decoders are not supported by this criterion")
@@ -197,7 +205,7 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         if self.ignore_eos:
             scored &= target.ne(self.eos_idx)
         positions = scored.reshape(-1).nonzero().squeeze(-1)
-        flat_logits = logits.reshape(-1, logits.size(-1)).index_select(0, positions)
+        flat_logits = logits.reshape(-1, logits.size(-1))
         flat_target = target.reshape(-1).index_select(0, positions)
         support = None
         if self.constraint_range is not None:
@@ -220,17 +228,17 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
 
     def compute_loss(self, model, net_output, sample, update_num: int = 0, reduce: bool = True):
         logits, target, support, weights, positions, shape = self.flat_tokens(model, net_output, sample)
-        masked = logits.float() if support is None else logits.float().masked_fill(~support, float("-inf"))
-        lprobs = torch.log_softmax(masked, dim=-1)
         worst, best = self.active_ratios(update_num)
-        out = token_losses(
-            lprobs, target, self.eps,
-            log_end=self.log_end, weights=weights, support=support,
-            drop_worst_ratio=worst, drop_best_ratio=best,
-            rdrop_alpha=self.reg_alpha if self.use_rdrop else None,
-            poly_epsilon=self.poly_epsilon,
-            reduce=reduce,
-        )
+        options = dict(log_end=self.log_end, weights=weights, support=support, drop_worst_ratio=worst,
+                       drop_best_ratio=best, rdrop_alpha=self.reg_alpha if self.use_rdrop else None,
+                       poly_epsilon=self.poly_epsilon, reduce=reduce)
+        if self.loss_impl == "fused":
+            out = fused_token_losses(logits, target, self.eps, rows=positions, **options)
+        else:
+            scored = logits.index_select(0, positions).float()
+            if support is not None:
+                scored = scored.masked_fill(~support, float("-inf"))
+            out = token_losses(torch.log_softmax(scored, dim=-1), target, self.eps, **options)
         loss, nll_loss = out.loss, out.nll_loss
         if not reduce:  # per target position, 0 for padding / ignored / dropped tokens
             loss = loss.new_zeros(shape.numel()).index_copy(0, positions, loss).view(shape)
