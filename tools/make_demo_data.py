@@ -104,7 +104,7 @@ def render(rng: random.Random, width: int, height: int, shapes: Sequence[Shape])
     for shape in shapes:
         draw_shape(draw, shape)
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4 keeps small shapes' colours
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
