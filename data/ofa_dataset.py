@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 #: OFA normalises images to [-1, 1] (mean = std = 0.5 per channel).
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
+_MEAN_255 = torch.tensor(IMAGE_MEAN).view(3, 1, 1) * 255
+_STD_255 = torch.tensor(IMAGE_STD).view(3, 1, 1) * 255
 
 #: Errors PIL raises for bytes that are not a complete image of a known format.
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -66,10 +68,8 @@ def decode_image(field: str) -> Image.Image:
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     """Bicubic resize to ``size x size`` (aspect ratio not kept, as OFA) and normalise: ``[3, size, size]``."""
     resized = image.resize((size, size), Image.BICUBIC)
-    pixels = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGE_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(3, 1, 1)
-    return (pixels - mean) / std
+    pixels = torch.from_numpy(np.array(resized, dtype=np.float32).transpose(2, 0, 1).copy())
+    return pixels.sub_(_MEAN_255).div_(_STD_255)  # == (pixels / 255 - mean) / std, in place
 
 
 class SkippedRowCounter:
@@ -213,6 +213,29 @@ class OFADataset(FairseqDataset):
             return np.arange(len(self), dtype=np.int64)
         with data_utils.numpy_seed(self.seed, self.epoch):
             return np.random.permutation(len(self)).astype(np.int64)
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        return not self.shuffle  # the order changes with the epoch
+
+    def batch_by_size(self, indices: np.ndarray, max_tokens: Optional[int] = None,
+                      max_sentences: Optional[int] = None, required_batch_size_multiple: int = 1) -> List[np.ndarray]:
+        """OFA's batching: consecutive runs of ``max_sentences`` indices, padded with empty batches
+        so that every rank of the sharded file runs the same number of steps.
+
+        A row's token count is only known once its row is read, so ``--max-tokens`` cannot be
+        honoured; ``required_batch_size_multiple`` only rounds token-based batches in fairseq
+        and has nothing to act on here. Empty batches collate to ``{}``, which fairseq's
+        trainer replaces by a zero-weighted dummy batch.
+        """
+        if max_tokens is not None:
+            raise ValueError("--max-tokens is not supported: OFA datasets batch a fixed number of rows (--batch-size)")
+        if not max_sentences or max_sentences < 1:
+            raise ValueError("--batch-size is required: OFA datasets batch a fixed number of rows")
+        batches = [indices[start:start + max_sentences] for start in range(0, len(indices), max_sentences)]
+        largest_shard = -(-self.tsv.total_rows // self.tsv.slice_count)
+        steps = -(-largest_shard // max_sentences)
+        return batches + [np.zeros(0, dtype=np.int64)] * (steps - len(batches))
 
     def collater(self, samples: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
         """Right-padded OFA batch; rows skipped as invalid (None) are dropped; no rows -> ``{}``."""

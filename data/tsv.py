@@ -122,6 +122,7 @@ class TsvFile:
         self.total_rows = len(self._offsets) - 1
         if self.total_rows == 0:
             raise ValueError(f"data file is empty: {path}")
+        self.slice_id, self.slice_count = slice_id, slice_count
         self.first_row, self.num_rows = shard_range(self.total_rows, slice_id, slice_count)
         self.num_columns = num_columns if num_columns is not None else self._read_row(0).count(b"\t") + 1
         if self.selected_cols is not None and max(self.selected_cols) >= self.num_columns:

@@ -287,3 +287,27 @@ def test_shuffled_order_is_a_seeded_permutation_per_epoch(tmp_path, codec):
 
 def test_punctuation_is_python_string_punctuation():
     assert clean_train_caption(string.punctuation + " ok", 5) == "ok"
+
+
+def test_fixed_size_batches_are_padded_to_the_same_count_on_every_rank(tmp_path, codec):
+    path = write_tsv(tmp_path / "t.tsv", [caption_row(str(i), "fine") for i in range(5)])
+    shards = [CaptionDataset(path, "train", codec, patch_image_size=P, slice_id=r, slice_count=2) for r in range(2)]
+    first, second = (shard.batch_by_size(shard.ordered_indices(), max_sentences=2) for shard in shards)
+    assert [b.tolist() for b in first] == [[0, 1], [2]]  # rows 1-3 of the file
+    assert [b.tolist() for b in second] == [[0, 1], []]  # rows 4-5, then an empty batch
+    assert shards[1].collater([shards[1][i] for i in second[1]]) == {}
+    with pytest.raises(ValueError, match="--max-tokens is not supported"):
+        shards[0].batch_by_size(shards[0].ordered_indices(), max_tokens=100, max_sentences=2)
+    with pytest.raises(ValueError, match="--batch-size is required"):
+        shards[0].batch_by_size(shards[0].ordered_indices())
+
+
+def test_fairseq_epoch_iterator_runs_on_the_dataset(tmp_path, codec):
+    from fairseq.data import iterators
+
+    path = write_tsv(tmp_path / "t.tsv", [caption_row(str(i), f"caption {i}") for i in range(5)])
+    dataset = CaptionDataset(path, "train", codec, patch_image_size=P, shuffle=True, slice_id=1, slice_count=2)
+    batches = dataset.batch_by_size(dataset.ordered_indices(), max_sentences=2)
+    epoch_itr = iterators.EpochBatchIterator(dataset, dataset.collater, batches, seed=1, epoch=1)
+    seen = [batch for batch in epoch_itr.next_epoch_itr(shuffle=False)]
+    assert [sorted(b["id"].tolist()) if b else [] for b in seen] == [["3", "4"], []]
