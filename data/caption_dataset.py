@@ -1,10 +1,10 @@
 """COCO captioning samples, preprocessed as OFA's caption task does (spec §2.2)."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Sequence, Union
 
 from .ofa_dataset import OFADataset, image_to_tensor
-from .text import clean_references, clean_train_caption
+from .text import TextCodec, clean_references, clean_train_caption
 
 #: The encoder text for every caption sample (GPT-2 BPE; note the leading space).
 CAPTION_PROMPT = " what does the image describe?"
@@ -23,8 +23,8 @@ class CaptionDataset(OFADataset):
 
     FIELDS = ("uniq_id", "image", "caption")
 
-    def __init__(self, path: str, split: str, codec, selected_cols="0,4,2", patch_image_size: int = 480,
-                 max_tgt_length: int = 30, **kwargs):
+    def __init__(self, path: str, split: str, codec: TextCodec, selected_cols: Union[str, Sequence[int]] = "0,4,2",
+                 patch_image_size: int = 480, max_tgt_length: int = 30, **kwargs):
         super().__init__(path, split, codec, selected_cols, patch_image_size, **kwargs)
         if max_tgt_length < 1:
             raise ValueError(f"--max-tgt-length must be positive, got {max_tgt_length}")

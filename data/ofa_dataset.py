@@ -102,7 +102,7 @@ class OFADataset(FairseqDataset):
         patch_image_size: side P of the square model input.
         skip_invalid_rows: return None for a malformed row (the collater drops it) and count
             it, instead of raising :class:`InvalidRowError`.
-        shuffle, seed: :meth:`ordered_indices` is a permutation seeded by ``seed + epoch``.
+        shuffle, seed: :meth:`ordered_indices` is a permutation seeded by ``(seed, epoch)``.
         slice_id, slice_count: this rank's shard of the file (default: torch.distributed).
     """
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .boxes import box_to_bins
 from .ofa_dataset import OFADataset, image_to_tensor
-from .text import pre_caption
+from .text import TextCodec, pre_caption
 
 #: Encoder text; ``{}`` is the cleaned referring expression (straight quotes, one space inside each).
 REFCOCO_PROMPT = ' which region does the text " {} " describe?'
@@ -46,9 +46,9 @@ class RefcocoDataset(OFADataset):
 
     FIELDS = ("uniq_id", "image", "text", "region")
 
-    def __init__(self, path: str, split: str, codec, selected_cols="0,4,2,3", patch_image_size: int = 512,
-                 max_src_length: int = 128, num_bins: int = 1000, max_image_size: Optional[float] = None,
-                 **kwargs):
+    def __init__(self, path: str, split: str, codec: TextCodec, selected_cols: Union[str, Sequence[int]] = "0,4,2,3",
+                 patch_image_size: int = 512, max_src_length: int = 128, num_bins: int = 1000,
+                 max_image_size: Optional[float] = None, **kwargs):
         super().__init__(path, split, codec, selected_cols, patch_image_size, **kwargs)
         if max_src_length < 1:
             raise ValueError(f"--max-src-length must be positive, got {max_src_length}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 import string
-from typing import Iterable, List
+from typing import Iterable, List, Optional
 
 import torch
 from fairseq.data import Dictionary
@@ -34,7 +34,7 @@ class TextCodec:
     ``<bin_i>`` / ``<code_i>`` tokens bypass the BPE in both directions, as in OFA.
     """
 
-    def __init__(self, bpe_dir: str, num_bins: int = 1000, dictionary: Dictionary = None):
+    def __init__(self, bpe_dir: str, num_bins: int = 1000, dictionary: Optional[Dictionary] = None):
         check_bpe_dir(bpe_dir)
         self.bpe = GPT2BPE(GPT2BPEConfig(
             gpt2_encoder_json=os.path.join(bpe_dir, "encoder.json"),
