@@ -27,7 +27,7 @@ class InvalidRowError(ValueError):
         self.row = row
         self.reason = reason
 
-    def __reduce__(self):  # keep the three fields when raised inside a DataLoader worker
+    def __reduce__(self):  # picklable with its three fields (multiprocessing pools, gathered errors)
         return type(self), (self.path, self.row, self.reason)
 
 

@@ -129,3 +129,8 @@ def test_dataloader_workers_read_the_requested_rows(tmp_path):
     random.Random(1).shuffle(order)
     loader = torch.utils.data.DataLoader(tsv, sampler=order, batch_size=None, num_workers=2)
     assert [tuple(row) for row in loader] == [(rows[i][1],) for i in order]
+
+
+def test_invalid_row_error_survives_pickling():
+    err = pickle.loads(pickle.dumps(InvalidRowError("f.tsv", 3, "bad")))
+    assert (err.path, err.row, err.reason, str(err)) == ("f.tsv", 3, "bad", "f.tsv: row 3: bad")
