@@ -192,9 +192,13 @@ def expression(variant: str, target: Shape, others: Sequence[Shape], width: int,
     """An expression that singles out ``target`` among ``others`` in the style of ``variant``."""
     if variant == "refcocog":
         anchor = min(others, key=lambda s: (s.centre[0] - target.centre[0]) ** 2 + (s.centre[1] - target.centre[1]) ** 2)
-        relation = "left of" if target.centre[0] < anchor.centre[0] else "right of"
+        dx, dy = target.centre[0] - anchor.centre[0], target.centre[1] - anchor.centre[1]
+        if abs(dx) >= abs(dy):
+            relation = "to the left of" if dx < 0 else "to the right of"
+        else:
+            relation = "above" if dy < 0 else "below"
         return rng.choice([
-            f"the {target.name} that is to the {relation} the {anchor.name}",
+            f"the {target.name} that is {relation} the {anchor.name}",
             f"a {target.kind} coloured {target.colour} which is close to the {anchor.name}",
         ])
     if variant == "refcocoplus":
