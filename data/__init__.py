@@ -1,0 +1,7 @@
+"""OFA's data pipeline for caption and refcoco.
+
+``tsv`` (seekable, sharded TSV rows and :class:`~.tsv.InvalidRowError`), ``text`` (GPT-2 BPE +
+OFA dictionary, OFA's cleaning rules), ``ofa_dataset`` (images, token layout, collater,
+batching), ``caption_dataset`` / ``refcoco_dataset`` (per-task preprocessing), ``boxes``
+(location bins, IoU), ``scoring`` (CIDEr-D, COCO metrics, Acc@0.5), ``dictionary``.
+"""

@@ -1,0 +1,279 @@
+"""Base dataset shared by caption and refcoco: TSV rows -> OFA samples -> OFA batches.
+
+Subclasses turn one row's selected fields into a sample with :meth:`OFADataset.build_sample`;
+everything else (image decoding and transform, token sequences, bad-row policy, batching,
+epoch-seeded shuffling) lives here.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import multiprocessing
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from fairseq.data import FairseqDataset, data_utils
+from PIL import Image
+
+from .text import TextCodec
+from .tsv import InvalidRowError, TsvFile
+
+logger = logging.getLogger(__name__)
+
+#: OFA normalises images to [-1, 1] (mean = std = 0.5 per channel).
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+_MEAN_255 = torch.tensor(IMAGE_MEAN).view(3, 1, 1) * 255
+_STD_255 = torch.tensor(IMAGE_STD).view(3, 1, 1) * 255
+
+#: Errors PIL raises for bytes that are not a complete image of a known format.
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
+#: Per-sample keys the collater lays out itself; any other key is an extra (see :func:`collate`).
+_CORE_KEYS = frozenset({"id", "source", "patch_image", "patch_mask", "target", "prev_output_tokens"})
+
+
+def decode_base64(field: str) -> bytes:
+    """Strict base64 decoding that accepts both the URL-safe and the standard alphabet.
+
+    Raises ``ValueError`` for any character outside the alphabets or wrong padding, where
+    Python's lenient decoder would silently drop characters.
+    """
+    try:
+        return base64.b64decode(field.encode("ascii").translate(_STANDARD_ALPHABET), validate=True)
+    except (UnicodeEncodeError, binascii.Error) as err:
+        raise ValueError(f"invalid base64 ({err})") from None
+
+
+def decode_image(field: str) -> Image.Image:
+    """A base64 image field to an RGB PIL image, fully decoded.
+
+    Unlike OFA (``LOAD_TRUNCATED_IMAGES = True``), truncated or corrupt images raise
+    ``ValueError`` instead of being padded with grey pixels and trained on.
+    """
+    if not field:
+        raise ValueError("empty image field")
+    data = decode_base64(field)
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image.convert("RGB")
+    except _IMAGE_ERRORS as err:
+        raise ValueError(f"undecodable or truncated image ({type(err).__name__}: {err})") from None
+
+
+def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    """Bicubic resize to ``size x size`` (aspect ratio not kept, as OFA) and normalise: ``[3, size, size]``."""
+    resized = image.resize((size, size), Image.BICUBIC)
+    pixels = torch.from_numpy(np.array(resized, dtype=np.float32).transpose(2, 0, 1).copy())
+    return pixels.sub_(_MEAN_255).div_(_STD_255)  # == (pixels / 255 - mean) / std, in place
+
+
+class SkippedRowCounter:
+    """Number of rows skipped this epoch, shared with forked/spawned DataLoader workers."""
+
+    def __init__(self):
+        self._count = multiprocessing.Value("q", 0)
+
+    def increment(self) -> None:
+        with self._count.get_lock():
+            self._count.value += 1
+
+    @property
+    def value(self) -> int:
+        return self._count.value
+
+    def reset(self) -> None:
+        with self._count.get_lock():
+            self._count.value = 0
+
+
+class OFADataset(FairseqDataset):
+    """Rows of one TSV file (this rank's shard) as OFA samples.
+
+    Args:
+        path: the TSV file.
+        split: ``"train"`` or an evaluation split name (subclasses clean text differently).
+        codec: BPE + dictionary.
+        selected_cols: ``--selected-cols``; must select exactly ``len(self.FIELDS)`` columns.
+        patch_image_size: side P of the square model input.
+        skip_invalid_rows: return None for a malformed row (the collater drops it) and count
+            it, instead of raising :class:`InvalidRowError`.
+        shuffle, seed: :meth:`ordered_indices` is a permutation seeded by ``(seed, epoch)``.
+        slice_id, slice_count: this rank's shard of the file (default: torch.distributed).
+    """
+
+    #: Names of the selected fields, in ``--selected-cols`` order.
+    FIELDS: Tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        path: str,
+        split: str,
+        codec: TextCodec,
+        selected_cols: Union[str, Sequence[int]],
+        patch_image_size: int,
+        skip_invalid_rows: bool = False,
+        shuffle: bool = False,
+        seed: int = 1,
+        slice_id: Optional[int] = None,
+        slice_count: Optional[int] = None,
+    ):
+        self.tsv = TsvFile(path, selected_cols, slice_id=slice_id, slice_count=slice_count)
+        if self.tsv.selected_cols is None or len(self.tsv.selected_cols) != len(self.FIELDS):
+            raise ValueError(
+                f"--selected-cols {selected_cols!r}: {type(self).__name__} needs {len(self.FIELDS)} columns "
+                f"({', '.join(self.FIELDS)})")
+        if patch_image_size < 1:
+            raise ValueError(f"--patch-image-size must be positive, got {patch_image_size}")
+        self.split = split
+        self.codec = codec
+        self.dictionary = codec.dictionary
+        self.patch_image_size = patch_image_size
+        self.skip_invalid_rows = skip_invalid_rows
+        self.skipped_rows = SkippedRowCounter()
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 1
+
+    def __len__(self) -> int:
+        return len(self.tsv)
+
+    def __getitem__(self, index: int) -> Optional[Dict[str, Any]]:
+        try:
+            return self.build_sample(index, dict(zip(self.FIELDS, self.tsv[index])))
+        except InvalidRowError as err:
+            if not self.skip_invalid_rows:
+                raise
+            self.skipped_rows.increment()
+            logger.warning("skipping invalid row: %s", err)
+            return None
+
+    def build_sample(self, index: int, fields: Dict[str, str]) -> Dict[str, Any]:
+        """One sample from the named fields of row ``index``; raise :meth:`row_error` if it is malformed."""
+        raise NotImplementedError
+
+    def row_error(self, index: int, reason: str) -> InvalidRowError:
+        return InvalidRowError(self.tsv.path, self.tsv.row_number(index), reason)
+
+    # -- pieces shared by the subclasses ---------------------------------------------------
+
+    def load_image(self, index: int, field: str) -> Image.Image:
+        try:
+            return decode_image(field)
+        except ValueError as err:
+            raise self.row_error(index, f"image column: {err}") from None
+
+    def encode_source(self, prompt: str) -> torch.LongTensor:
+        """``[bos] + encode(prompt) + [eos]``."""
+        return self._wrap(self.codec.encode(prompt), bos=True, eos=True)
+
+    def target_pair(self, tokens: torch.LongTensor) -> Tuple[torch.LongTensor, torch.LongTensor]:
+        """``(target, prev_output_tokens)`` = ``(tokens + [eos], [bos] + tokens)``: teacher forcing."""
+        return self._wrap(tokens, bos=False, eos=True), self._wrap(tokens, bos=True, eos=False)
+
+    def _wrap(self, tokens: torch.LongTensor, bos: bool, eos: bool) -> torch.LongTensor:
+        parts = ([torch.LongTensor([self.dictionary.bos()])] if bos else []) + [tokens]
+        parts += [torch.LongTensor([self.dictionary.eos()])] if eos else []
+        return torch.cat(parts)
+
+    def base_sample(self, uniq_id: str, image: torch.Tensor, source: torch.LongTensor,
+                    target_tokens: torch.LongTensor) -> Dict[str, Any]:
+        target, prev_output_tokens = self.target_pair(target_tokens)
+        return {
+            "id": uniq_id,
+            "source": source,
+            "patch_image": image,
+            "patch_mask": torch.tensor([True]),
+            "target": target,
+            "prev_output_tokens": prev_output_tokens,
+        }
+
+    # -- skipped rows ------------------------------------------------------------------------
+
+    @property
+    def num_skipped_rows(self) -> int:
+        """Rows skipped since the last :meth:`reset_skipped_rows` (log it, then reset, each epoch)."""
+        return self.skipped_rows.value
+
+    def reset_skipped_rows(self) -> None:
+        self.skipped_rows.reset()
+
+    # -- order and batching ------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def ordered_indices(self) -> np.ndarray:
+        """File order, or (``shuffle=True``) a permutation that changes with the epoch."""
+        if not self.shuffle:
+            return np.arange(len(self), dtype=np.int64)
+        with data_utils.numpy_seed(self.seed, self.epoch):
+            return np.random.permutation(len(self)).astype(np.int64)
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self) -> bool:
+        return not self.shuffle  # the order changes with the epoch
+
+    def batch_by_size(self, indices: np.ndarray, max_tokens: Optional[int] = None,
+                      max_sentences: Optional[int] = None, required_batch_size_multiple: int = 1) -> List[np.ndarray]:
+        """OFA's batching: consecutive runs of ``max_sentences`` indices, padded with empty batches
+        so that every rank of the sharded file runs the same number of steps.
+
+        A row's token count is only known once its row is read, so ``--max-tokens`` cannot be
+        honoured; ``required_batch_size_multiple`` only rounds token-based batches in fairseq
+        and has nothing to act on here. Empty batches collate to ``{}``, which fairseq's
+        trainer replaces by a zero-weighted dummy batch.
+        """
+        if max_tokens is not None:
+            raise ValueError("--max-tokens is not supported: OFA datasets batch a fixed number of rows (--batch-size)")
+        if not max_sentences or max_sentences < 1:
+            raise ValueError("--batch-size is required: OFA datasets batch a fixed number of rows")
+        batches = [indices[start:start + max_sentences] for start in range(0, len(indices), max_sentences)]
+        largest_shard = -(-self.tsv.total_rows // self.tsv.slice_count)
+        steps = -(-largest_shard // max_sentences)
+        return batches + [np.zeros(0, dtype=np.int64)] * (steps - len(batches))
+
+    def collater(self, samples: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
+        """Right-padded OFA batch; rows skipped as invalid (None) are dropped; no rows -> ``{}``."""
+        return collate(samples, self.dictionary.pad(), self.dictionary.eos())
+
+
+def collate(samples: List[Optional[Dict[str, Any]]], pad_idx: int, eos_idx: int) -> Dict[str, Any]:
+    """OFA's batch layout (spec §2.4); per-sample extras are stacked or listed at the top level.
+
+    Extras: a tensor-valued key (e.g. ``w_resize_ratio``) becomes its plural, stacked
+    (``w_resize_ratios``); any other value (e.g. ``references``) becomes a list under its key.
+    """
+    samples = [sample for sample in samples if sample is not None]
+    if not samples:
+        return {}
+
+    def merge(key: str) -> torch.LongTensor:
+        return data_utils.collate_tokens([s[key] for s in samples], pad_idx, eos_idx, left_pad=False)
+
+    src_tokens = merge("source")
+    target = merge("target")
+    batch = {
+        "id": np.array([s["id"] for s in samples]),
+        "nsentences": len(samples),
+        "ntokens": int(target.ne(pad_idx).sum().item()),
+        "net_input": {
+            "src_tokens": src_tokens,
+            "src_lengths": src_tokens.ne(pad_idx).long().sum(dim=1),
+            "patch_images": torch.stack([s["patch_image"] for s in samples]),
+            "patch_masks": torch.cat([s["patch_mask"] for s in samples]),
+            "prev_output_tokens": merge("prev_output_tokens"),
+        },
+        "target": target,
+    }
+    for key in samples[0].keys() - _CORE_KEYS:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            batch[key + "s"] = torch.stack(values)
+        else:
+            batch[key] = values
+    return batch
