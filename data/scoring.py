@@ -88,25 +88,42 @@ class _CachedDocumentFrequencyCiderScorer(CiderScorer):
         pass  # keep the cached corpus size (see class docstring)
 
 
-def cider(records: Iterable[CaptionRecord], cached_document_frequency: Optional[str] = None
+def document_frequency_of(references: Iterable[Sequence[str]]) -> Tuple[Dict[tuple, float], float]:
+    """``(document_frequency, ref_len)`` of a reference corpus, counted by pycocoevalcap's own scorer.
+
+    Fixing this table (e.g. that of the whole validation set) makes per-sample CIDEr-D scores
+    additive, so validation split across workers or batches scores exactly like one pass.
+    """
+    scorer = CiderScorer(n=4, sigma=6.0)
+    for refs in references:
+        scorer += ("", list(refs))
+    scorer.compute_doc_freq()
+    return dict(scorer.document_frequency), float(len(scorer.crefs))
+
+
+def cider(records: Iterable[CaptionRecord], cached_document_frequency: Optional[str] = None,
+          document_frequency: Optional[Tuple[Dict[tuple, float], float]] = None
           ) -> Tuple[float, Dict[Hashable, float]]:
     """Corpus CIDEr-D (0..~10 scale; OFA logs it as is, 1.4 meaning "140 CIDEr") and per-sample scores.
 
     Hypotheses and references must already be cleaned (OFA: punctuation removed); they are
     split on whitespace, no PTB tokenisation. Document frequencies come from
-    ``cached_document_frequency`` (OFA's ``--eval-cider-cached-tokens`` pickle) if given,
-    else from the references being scored.
+    ``cached_document_frequency`` (OFA's ``--eval-cider-cached-tokens`` pickle) or
+    ``document_frequency`` (a ``(table, ref_len)`` pair, see :func:`document_frequency_of`)
+    if given, else from the references being scored.
     """
     samples = unique_records(records, "caption record")
     if cached_document_frequency is not None:
-        scorer = _CachedDocumentFrequencyCiderScorer(*load_cider_document_frequency(cached_document_frequency))
+        document_frequency = load_cider_document_frequency(cached_document_frequency)
+    if document_frequency is not None:
+        scorer = _CachedDocumentFrequencyCiderScorer(*document_frequency)
     else:
         scorer = CiderScorer(n=4, sigma=6.0)
     for sample_id, (hypothesis, references) in samples.items():
         if not references:
             raise ValueError(f"sample id {sample_id!r} has no references")
         scorer += (hypothesis, list(references))
-    if cached_document_frequency is not None:
+    if document_frequency is not None:
         scores = scorer.compute_cider()
     else:
         _, scores = scorer.compute_score()
