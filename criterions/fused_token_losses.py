@@ -142,6 +142,7 @@ def _token_statistics(logits: Tensor, rows: Tensor, target: Tensor, epsilon: flo
             in_support = lprobs if sup is None else lprobs.masked_fill(~sup, 0.0)
             ce = (1.0 - epsilon - eps_i) * nll - eps_i * in_support.sum(-1)
         p_target = target_lprob.exp()
+        hits[start:end] = lprobs.argmax(-1) == target[start:end]  # over the support, as the reference
         if log_end is not None:
             bonus = encouraging_bonus(lprobs.exp_(), log_end)  # lprobs is not needed after this
             target_bonus = bonus.gather(-1, y).squeeze(-1)
@@ -155,7 +156,6 @@ def _token_statistics(logits: Tensor, rows: Tensor, target: Tensor, epsilon: flo
             out["poly"][start:end] = poly_epsilon * (1.0 - ((1.0 - epsilon - eps_i) * p_target + eps_i))
         out["lse"][start:end], out["ce"][start:end], out["nll"][start:end] = lse, ce, nll
         out["p_target"][start:end] = p_target
-        hits[start:end] = logits.index_select(0, rows[start:end]).argmax(-1) == target[start:end]
     return out, hits
 
 
@@ -179,7 +179,7 @@ def fused_token_losses(
     if rows is None:
         rows = torch.arange(logits.size(0), device=logits.device)
     if rdrop_alpha is not None:  # the KL needs both copies' distributions: use the reference path
-        z = logits.index_select(0, rows).float()
+        z = logits.index_select(0, rows).to(compute_dtype(logits))
         if support is not None:
             z = z.masked_fill(~support, float("-inf"))
         return token_losses(torch.log_softmax(z, -1), target, epsilon, log_end=log_end, weights=weights,

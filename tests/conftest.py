@@ -1,10 +1,11 @@
-"""Shared test helpers: the repository root and an environment for fairseq subprocesses."""
+"""Shared test helpers: paths, an environment for fairseq subprocesses, a tiny model and batch for criteria."""
 import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fairseq.data import Dictionary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SPECS = REPO_ROOT.parent / "shared" / "specs"
@@ -23,3 +24,53 @@ def subprocess_env():
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# ---------------------------------------------------------------- a tiny model, task and batch for criteria
+VOCAB = 16
+PAD, EOS = 1, 2
+
+
+class Task:
+    """Just what a criterion reads from a task: the target dictionary."""
+
+    def __init__(self):
+        self.target_dictionary = Dictionary()
+        for i in range(VOCAB - len(self.target_dictionary)):
+            self.target_dictionary.add_symbol(f"w{i}")
+
+
+class TinyModel(torch.nn.Module):
+    """Logits from the previous token; dropout makes the two R-Drop copies differ in training."""
+
+    def __init__(self, dropout=0.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.embed = torch.nn.Parameter(torch.randn(VOCAB, 8, generator=g))
+        self.out = torch.nn.Parameter(torch.randn(8, VOCAB, generator=g))
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens):
+        return self.dropout(self.embed[prev_output_tokens]) @ self.out, {}
+
+    def get_targets(self, sample, net_output):
+        return sample["target"]
+
+
+def make_sample(conf=None, masks=None):
+    target = torch.tensor([[5, 6, 7, 8, EOS, PAD], [9, 10, EOS, PAD, PAD, PAD], [11, 12, 13, 14, 15, EOS]])
+    prev = torch.cat([torch.full((3, 1), EOS), target[:, :-1]], 1).masked_fill(target == PAD, PAD)
+    sample = {
+        "id": torch.arange(3),
+        "net_input": {"src_tokens": prev, "src_lengths": torch.tensor([6, 6, 6]), "prev_output_tokens": prev},
+        "target": target,
+        "ntokens": int(target.ne(PAD).sum()),
+        "nsentences": 3,
+    }
+    if conf is not None:
+        sample["conf"] = conf
+    if masks is not None:
+        sample["constraint_masks"] = masks
+    return sample
+
+

@@ -1,0 +1,119 @@
+"""The fused CE / EL equals the reference autograd implementation: values, gradients, statistics."""
+import itertools
+
+import pytest
+import torch
+
+from conftest import PAD, Task, TinyModel, make_sample
+from ofa_el.criterions.adjust_label_smoothed_encouraging_loss import AdjustLabelSmoothedEncouragingLossCriterion
+from ofa_el.criterions.fused_token_losses import fused_token_losses
+from ofa_el.criterions.token_losses import support_mask_from_range, token_losses
+
+N, V = 17, 11
+
+
+def make_case(support_kind, weighted, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N, V, generator=g, dtype=torch.float64) * 3
+    logits[0, 3] = 40.0  # p_target -> 1: past log_end, bonus clamped
+    target = torch.randint(0, V, (N,), generator=g)
+    target[0] = 3
+    support = None
+    if support_kind == "range":
+        support = support_mask_from_range(V, 5, 11)
+        target = torch.where(support[target], target, torch.full_like(target, 7))
+        target[0] = 7
+        logits[0, 7] = 40.0
+    elif support_kind == "masks":
+        support = torch.rand(N, V, generator=g) > 0.3
+        support[torch.arange(N), target] = True
+    weights = torch.rand(N, generator=g, dtype=torch.float64) + 0.5 if weighted else None
+    return logits.to(dtype), target, support, weights
+
+
+def reference(logits, target, eps, support, **kwargs):
+    z = logits.double() if support is None else logits.double().masked_fill(~support, float("-inf"))
+    return token_losses(torch.log_softmax(z, -1), target, eps, support=support, **kwargs)
+
+
+CASES = list(itertools.product([0.0, 0.1], [None, 0.5, 0.75, 1.0], ["none", "range", "masks"], [False, True],
+                               [(0.0, 0.0), (0.2, 0.1)], [None, 0.7], [True, False]))
+
+
+@pytest.mark.parametrize("eps, log_end, support_kind, weighted, drops, poly, reduce", CASES)
+def test_fused_equals_reference_float64(eps, log_end, support_kind, weighted, drops, poly, reduce):
+    logits, target, support, weights = make_case(support_kind, weighted)
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    options = dict(log_end=log_end, weights=weights, drop_worst_ratio=drops[0], drop_best_ratio=drops[1],
+                   poly_epsilon=poly, reduce=reduce)
+    ref = reference(a, target, eps, support, **options)
+    fused = fused_token_losses(b, target, eps, support=support, **options)
+    upstream = torch.linspace(-1.0, 2.0, N, dtype=torch.float64) if not reduce else torch.tensor(1.0)
+    (ref.loss * upstream).sum().backward()
+    (fused.loss * upstream).sum().backward()
+    assert torch.allclose(fused.loss, ref.loss, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(fused.nll_loss, ref.nll_loss, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(b.grad, a.grad, rtol=1e-6, atol=1e-6)
+    assert fused.sample_size == ref.sample_size
+    assert (fused.kept is None and ref.kept is None) or torch.equal(fused.kept, ref.kept)
+    for stat in ("n_correct", "p_target_sum", "bonus_sum", "past_log_end"):
+        assert torch.allclose(getattr(fused, stat).double(), getattr(ref, stat).double(), atol=1e-9), stat
+
+
+def test_rows_select_from_a_larger_logit_matrix_without_copying():
+    logits, target, _, _ = make_case("none", False)
+    padded = torch.cat([torch.zeros(5, V, dtype=logits.dtype), logits]).requires_grad_(True)
+    direct = logits.clone().requires_grad_(True)
+    rows = torch.arange(5, 5 + N)
+    fused_token_losses(padded, target, 0.1, rows=rows, log_end=0.75).loss.backward()
+    fused_token_losses(direct, target, 0.1, log_end=0.75).loss.backward()
+    assert torch.equal(padded.grad[:5], torch.zeros(5, V, dtype=logits.dtype))  # unscored rows: no gradient
+    assert torch.allclose(padded.grad[5:], direct.grad)
+
+
+def test_rdrop_falls_back_to_the_reference():
+    logits, target, _, _ = make_case("none", False)
+    both, targets = torch.cat([logits, logits + 0.1]), torch.cat([target, target])
+    fused = fused_token_losses(both, targets, 0.1, log_end=0.75, rdrop_alpha=1.0, drop_worst_ratio=0.2)
+    ref = reference(both, targets, 0.1, None, log_end=0.75, rdrop_alpha=1.0, drop_worst_ratio=0.2)
+    assert fused.loss.item() == pytest.approx(ref.loss.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("log_end", [0.75, 1.0])
+def test_half_precision_logits_accumulate_in_float32(dtype, log_end):
+    logits, target, support, _ = make_case("range", False)
+    half = logits.to(dtype).requires_grad_(True)
+    fused = fused_token_losses(half, target, 0.1, log_end=log_end, support=support)
+    fused.loss.backward()
+    exact = logits.to(dtype).double().requires_grad_(True)  # the same rounded inputs, in float64
+    ref = reference(exact, target, 0.1, support, log_end=log_end)
+    ref.loss.backward()
+    assert half.grad.dtype == dtype and torch.isfinite(half.grad.float()).all()
+    assert fused.loss.item() == pytest.approx(ref.loss.item(), rel=1e-5)
+    tolerance = 1e-2 if dtype == torch.bfloat16 else 2e-3  # the gradient is rounded to the logits' dtype
+    assert torch.allclose(half.grad.double(), exact.grad, atol=tolerance)
+
+
+def test_criterion_fused_and_reference_agree():
+    sample = make_sample(conf=torch.tensor([0.5, 1.0, 2.0]))
+    results = {}
+    for impl in ("fused", "reference"):
+        model = TinyModel()
+        crit = AdjustLabelSmoothedEncouragingLossCriterion(
+            Task(), sentence_avg=False, label_smoothing=0.1, log_end=0.75, drop_worst_ratio=0.2,
+            drop_best_ratio=0.1, report_accuracy=True, loss_impl=impl)
+        loss, size, log = crit(model, sample, update_num=5)
+        loss.backward()
+        results[impl] = (loss.item(), size, log, model.out.grad.clone(), model.embed.grad.clone())
+    fused, ref = results["fused"], results["reference"]
+    assert fused[0] == pytest.approx(ref[0], rel=1e-5) and fused[1] == ref[1]
+    assert torch.allclose(fused[3], ref[3], atol=1e-5) and torch.allclose(fused[4], ref[4], atol=1e-5)
+    for key in ("n_correct", "total", "ntokens_kept", "past_log_end"):
+        assert fused[2][key] == ref[2][key]
+    assert sample["target"].eq(PAD).any()  # padding really was skipped on both paths
+
+
+def test_bad_loss_impl_is_named():
+    with pytest.raises(ValueError, match="--loss-impl"):
+        AdjustLabelSmoothedEncouragingLossCriterion(Task(), sentence_avg=False, label_smoothing=0.1, loss_impl="fast")
