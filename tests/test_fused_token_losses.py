@@ -36,7 +36,7 @@ def reference(logits, target, eps, support, **kwargs):
     return token_losses(torch.log_softmax(z, -1), target, eps, support=support, **kwargs)
 
 
-CASES = list(itertools.product([0.0, 0.1], [None, 0.5, 0.75, 1.0], ["none", "range", "masks"], [False, True],
+CASES = list(itertools.product([0.0, 0.1], [None, 0.3, 0.5, 0.75, 1.0], ["none", "range", "masks"], [False, True],
                                [(0.0, 0.0), (0.2, 0.1)], [None, 0.7], [True, False]))
 
 
