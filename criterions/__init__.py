@@ -4,4 +4,8 @@ try:
 except ImportError:  # token_losses stays importable without fairseq
     pass
 else:
-    from . import adjust_label_smoothed_cross_entropy, adjust_label_smoothed_encouraging_loss  # noqa: F401
+    from . import (  # noqa: F401
+        adjust_label_smoothed_cross_entropy,
+        adjust_label_smoothed_encouraging_loss,
+        adjust_label_smoothed_poly1_cross_entropy,
+    )
