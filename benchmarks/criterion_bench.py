@@ -6,13 +6,13 @@
 Each variant runs forward + backward from logits [N, V] (label smoothing 0.1, log_end 0.75)
 in interleaved repetitions, so machine noise hits all variants alike; the table gives the
 median time and its ratio to fairseq's CE. Peak memory is measured in a fresh process per
-variant and shape (CPU: growth of the peak resident set over the inputs; CUDA:
-``torch.cuda.max_memory_allocated``), in units of one float32 [N, V] buffer.
+variant and shape (CPU: growth of the peak resident set, VmHWM, over the inputs; CUDA:
+``torch.cuda.max_memory_allocated``), in units of one float32 [N, V] buffer; it includes the
+gradient of the logits, which every variant must produce.
 """
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -96,9 +96,26 @@ def peak_memory_child(variant: str, n: int, v: int, device: str) -> float:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / buffer
     logits.detach().add_(0)  # make sure the inputs are resident before the baseline
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    reset_peak_rss()
+    base = process_memory("VmRSS")
     step(logits, target)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base) / buffer
+    return (process_memory("VmHWM") - base) / buffer
+
+
+def process_memory(field: str) -> int:
+    """Bytes of a /proc/self/status memory field. (ru_maxrss would not do: Linux carries the parent's
+    resident set into a child's maxrss across fork and exec.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current resident set (Linux >= 4.0), so the peak is this step's."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
 
 
 def peak_memory(variant: str, n: int, v: int, device: str) -> float:

@@ -1,11 +1,13 @@
-"""Evaluate a caption or refcoco checkpoint on one split: predictions to JSON, metrics printed.
+"""Evaluate a caption or refcoco checkpoint on one or more splits: predictions to JSON, metrics printed.
 
-    python -m ofa_el.tools.evaluate DATA.tsv --path checkpoint_best.pt --bpe-dir BPE \
-        --results-path results/caption [--gen-subset test] [--beam 5 ...] [--metrics-json out.json]
+    python -m ofa_el.tools.evaluate A.tsv[,B.tsv,...] --path checkpoint_best.pt --bpe-dir BPE \
+        --results-path results/caption [--beam 5 ...] [--metrics-json out.json]
 
-Caption writes ``[{"image_id", "caption"}]`` and prints BLEU-4, METEOR, ROUGE-L and CIDEr
-(pycocoevalcap, against the references in the TSV; SPICE is skipped: it needs downloads).
-Refcoco writes ``[{"uniq_id", "box"}]`` and prints Acc@0.5 and mean IoU.
+Each file is a split named after it (``refcoco_testA.tsv`` -> ``refcoco_testA``), written to
+``<results-path>/<split>_predict.json``. Caption writes ``[{"image_id", "caption"}]`` and reports
+BLEU-4, METEOR, ROUGE-L and CIDEr (pycocoevalcap against the TSV's references; SPICE is skipped
+because it needs downloads). Refcoco writes ``[{"uniq_id", "box"}]`` and reports Acc@0.5 and mean
+IoU. A table of every split's metrics is printed at the end (and written by ``--metrics-json``).
 """
 from __future__ import annotations
 
@@ -24,11 +26,10 @@ logger = logging.getLogger("ofa_el.evaluate")
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", help="the TSV to evaluate")
+    parser.add_argument("data", help="the TSV file(s) to evaluate, comma-separated")
     parser.add_argument("--path", required=True, help="checkpoint file")
     parser.add_argument("--bpe-dir", required=True)
     parser.add_argument("--selected-cols", default=None, help="default: the task's (caption: 1,4,2 for image ids)")
-    parser.add_argument("--gen-subset", default="test", help="name used for the output file")
     parser.add_argument("--results-path", default="results", help="directory for <gen-subset>_predict.json")
     parser.add_argument("--metrics-json", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -46,7 +47,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def load(args: argparse.Namespace):
     from fairseq import checkpoint_utils
 
-    overrides: Dict[str, Any] = {"data": f"{args.data},{args.data}", "bpe_dir": args.bpe_dir}
+    first = args.data.split(",")[0]
+    overrides: Dict[str, Any] = {"data": f"{first},{first}", "bpe_dir": args.bpe_dir}
     if args.selected_cols:
         overrides["selected_cols"] = args.selected_cols
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides=overrides)
@@ -66,9 +68,11 @@ def generation_args(args: argparse.Namespace, task_name: str) -> argparse.Namesp
     )
 
 
-def batches(task, split: str, batch_size: int, use_cuda: bool):
+def batches(task, path: str, batch_size: int, use_cuda: bool):
     from fairseq import utils
 
+    split = "test"
+    task.cfg.data = f"{path},{path}"
     task.load_dataset(split)
     iterator = task.get_batch_iterator(task.dataset(split), max_sentences=batch_size).next_epoch_itr(shuffle=False)
     for sample in iterator:
@@ -76,64 +80,69 @@ def batches(task, split: str, batch_size: int, use_cuda: bool):
             yield utils.move_to_cuda(sample) if use_cuda else sample
 
 
-def evaluate_caption(args, model, task, use_cuda) -> Dict[str, float]:
+def evaluate_caption(args, path, model, task, use_cuda) -> Dict[str, float]:
     from ..data.scoring import coco_caption_metrics
 
     generator = task.build_generator([model], generation_args(args, "caption"))
     predictions, records = [], []
-    for sample in batches(task, "test", args.batch_size, use_cuda):
+    for sample in batches(task, path, args.batch_size, use_cuda):
         for sample_id, tokens, refs in zip(sample["id"].tolist(), task.hypotheses(generator, model, sample),
                                            sample["references"]):
             caption = task.caption_text(tokens)
             predictions.append({"image_id": str(sample_id), "caption": caption})
             records.append((str(sample_id), caption, refs))
-    write_json(args, predictions)
+    write_json(args, path, predictions)
     return coco_caption_metrics(records)
 
 
-def evaluate_refcoco(args, model, task, use_cuda) -> Dict[str, float]:
+def evaluate_refcoco(args, path, model, task, use_cuda) -> Dict[str, float]:
     from ..data.scoring import grounding_metrics
 
     task.cfg.unrestricted_decoding = args.unrestricted_decoding
     generator, decoding_model = task.box_generator(model, generation_args(args, "refcoco"))
     predictions, records = [], []
-    for sample in batches(task, "test", args.batch_size, use_cuda):
+    for sample in batches(task, path, args.batch_size, use_cuda):
         boxes = torch.nan_to_num(task.predicted_boxes(generator, decoding_model, sample), nan=-1.0)
         for uniq_id, box, target in zip(sample["id"].tolist(), boxes.tolist(), sample["region_coords"].tolist()):
             predictions.append({"uniq_id": str(uniq_id), "box": box})
             records.append((str(uniq_id), box, target))
-    write_json(args, predictions)
+    write_json(args, path, predictions)
     scores = grounding_metrics(records)
     return {"Acc@0.5": scores["acc"], "mIoU": scores["miou"], "n": scores["count"]}
 
 
-def write_json(args, predictions: List[Dict[str, Any]]) -> None:
-    out = Path(args.results_path) / f"{args.gen_subset}_predict.json"
+def split_name(path: str) -> str:
+    return Path(path).name.rsplit(".tsv", 1)[0]
+
+
+def write_json(args, path: str, predictions: List[Dict[str, Any]]) -> None:
+    out = Path(args.results_path) / f"{split_name(path)}_predict.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(predictions, indent=1) + "\n")
     print(f"predictions: {out}")
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     args = parse_args(argv)
-    for path in (args.data, args.path):
+    paths = [p for p in args.data.split(",") if p]
+    for path in paths + [args.path]:
         if not os.path.isfile(path):
             sys.exit(f"error: file not found: {path}")
     model, cfg, task, use_cuda = load(args)
-    task_name = cfg.task._name
-    if task_name == "caption":
-        metrics = evaluate_caption(args, model, task, use_cuda)
-    elif task_name == "refcoco":
-        metrics = evaluate_refcoco(args, model, task, use_cuda)
-    else:
-        sys.exit(f"error: {args.path} was trained with task {task_name!r}; expected caption or refcoco")
-    print(f"{args.gen_subset}:")
-    for name, value in metrics.items():
-        print(f"  {name:<8} {value:.4f}" if isinstance(value, float) else f"  {name:<8} {value}")
+    evaluators = {"caption": evaluate_caption, "refcoco": evaluate_refcoco}
+    if cfg.task._name not in evaluators:
+        sys.exit(f"error: {args.path} was trained with task {cfg.task._name!r}; expected caption or refcoco")
+    table = {split_name(path): evaluators[cfg.task._name](args, path, model, task, use_cuda) for path in paths}
+    names = list(next(iter(table.values())))
+    print(f"{'split':<20}" + "".join(f"{name:>10}" for name in names))
+    for split, metrics in table.items():
+        print(f"{split:<20}" + "".join(f"{metrics[name]:>10.4f}" if isinstance(metrics[name], float)
+                                       else f"{metrics[name]:>10}" for name in names))
     if args.metrics_json:
-        Path(args.metrics_json).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
+        Path(args.metrics_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics_json).write_text(json.dumps(table, indent=2) + "\n")
+    return table
 
 
 if __name__ == "__main__":
