@@ -1,0 +1,2 @@
+"""Models registered with fairseq."""
+from . import ofa  # noqa: F401

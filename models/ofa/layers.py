@@ -1,0 +1,107 @@
+"""OFA's pre-LN transformer layers: NormFormer-style extra LayerNorms (``--scale-attn``, ``--scale-fc``),
+per-head scaling (``--scale-heads``), residual scaling (``--scale-resids``) and drop-path."""
+from typing import Optional
+
+import torch
+from fairseq import utils
+from fairseq.modules import FairseqDropout, LayerNorm
+from torch import Tensor, nn
+
+from .attention import IncrementalState, OFAAttention
+from .resnet import drop_path
+
+
+class _FeedForward:
+    """The FFN half of a layer, shared by encoder and decoder layers."""
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        residual = x
+        if self.normalize_before:
+            x = self.final_layer_norm(x)
+        x = self.activation_dropout_module(self.activation_fn(self.fc1(x)))
+        if self.ffn_layernorm is not None:
+            x = self.ffn_layernorm(x)
+        x = self.dropout_module(self.fc2(x))
+        if self.w_resid is not None:
+            residual = self.w_resid * residual
+        x = residual + drop_path(x, self.drop_path_rate, self.training, batch_dim=1)
+        return x if self.normalize_before else self.final_layer_norm(x)
+
+    def build_feed_forward(self, args, embed_dim: int, ffn_dim: int) -> None:
+        self.activation_fn = utils.get_activation_fn(getattr(args, "activation_fn", "gelu") or "gelu")
+        activation_dropout = getattr(args, "activation_dropout", 0.0) or getattr(args, "relu_dropout", 0.0) or 0.0
+        self.activation_dropout_module = FairseqDropout(float(activation_dropout), module_name=type(self).__name__)
+        self.ffn_layernorm = LayerNorm(ffn_dim) if getattr(args, "scale_fc", False) else None
+        self.w_resid = nn.Parameter(torch.ones(embed_dim)) if getattr(args, "scale_resids", False) else None
+
+
+class OFAEncoderLayer(nn.Module, _FeedForward):
+    def __init__(self, args, drop_path_rate: float = 0.0):
+        super().__init__()
+        dim = args.encoder_embed_dim
+        self.self_attn = OFAAttention(dim, args.encoder_attention_heads, args.attention_dropout,
+                                      args.attn_scale_factor, getattr(args, "scale_heads", False))
+        self.self_attn_layer_norm = LayerNorm(dim)
+        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.normalize_before = args.encoder_normalize_before
+        self.fc1 = nn.Linear(dim, args.encoder_ffn_embed_dim)
+        self.fc2 = nn.Linear(args.encoder_ffn_embed_dim, dim)
+        self.attn_ln = LayerNorm(dim) if getattr(args, "scale_attn", False) else None
+        self.build_feed_forward(args, dim, args.encoder_ffn_embed_dim)
+        self.final_layer_norm = LayerNorm(dim)
+        self.drop_path_rate = drop_path_rate
+
+    def forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor], self_attn_bias: Tensor) -> Tensor:
+        residual = x
+        if self.normalize_before:
+            x = self.self_attn_layer_norm(x)
+        x, _ = self.self_attn(x, x, key_padding_mask=encoder_padding_mask, attn_bias=self_attn_bias)
+        if self.attn_ln is not None:
+            x = self.attn_ln(x)
+        x = residual + drop_path(self.dropout_module(x), self.drop_path_rate, self.training, batch_dim=1)
+        if not self.normalize_before:
+            x = self.self_attn_layer_norm(x)
+        return self.feed_forward(x)
+
+
+class OFADecoderLayer(nn.Module, _FeedForward):
+    def __init__(self, args, drop_path_rate: float = 0.0):
+        super().__init__()
+        dim = args.decoder_embed_dim
+        heads, scale_heads = args.decoder_attention_heads, getattr(args, "scale_heads", False)
+        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.self_attn = OFAAttention(dim, heads, args.attention_dropout, args.attn_scale_factor, scale_heads)
+        scale_attn = getattr(args, "scale_attn", False)
+        self.self_attn_ln = LayerNorm(dim) if scale_attn else None
+        self.cross_attn_ln = LayerNorm(dim) if scale_attn else None
+        self.normalize_before = args.decoder_normalize_before
+        self.self_attn_layer_norm = LayerNorm(dim)
+        self.encoder_attn = OFAAttention(dim, heads, args.attention_dropout, args.attn_scale_factor, scale_heads,
+                                         kdim=args.encoder_embed_dim)
+        self.encoder_attn_layer_norm = LayerNorm(dim)
+        self.build_feed_forward(args, dim, args.decoder_ffn_embed_dim)
+        self.fc1 = nn.Linear(dim, args.decoder_ffn_embed_dim)
+        self.fc2 = nn.Linear(args.decoder_ffn_embed_dim, dim)
+        self.final_layer_norm = LayerNorm(dim)
+        self.drop_path_rate = drop_path_rate
+
+    def _attend(self, x, attention, norm, extra_norm, key, **kwargs):
+        residual = x
+        if self.normalize_before:
+            x = norm(x)
+        x, _ = attention(x, key if key is not None else x, **kwargs)
+        if extra_norm is not None:
+            x = extra_norm(x)
+        x = residual + drop_path(self.dropout_module(x), self.drop_path_rate, self.training, batch_dim=1)
+        return x if self.normalize_before else norm(x)
+
+    def forward(self, x: Tensor, encoder_out: Tensor, encoder_padding_mask: Optional[Tensor],
+                incremental_state: Optional[IncrementalState], self_attn_mask: Optional[Tensor],
+                self_attn_padding_mask: Optional[Tensor], self_attn_bias: Tensor, cross_attn_bias: Tensor) -> Tensor:
+        x = self._attend(x, self.self_attn, self.self_attn_layer_norm, self.self_attn_ln, None,
+                         key_padding_mask=self_attn_padding_mask, incremental_state=incremental_state,
+                         attn_mask=self_attn_mask, attn_bias=self_attn_bias)
+        x = self._attend(x, self.encoder_attn, self.encoder_attn_layer_norm, self.cross_attn_ln, encoder_out,
+                         key_padding_mask=encoder_padding_mask, incremental_state=incremental_state,
+                         static_kv=True, attn_bias=cross_attn_bias)
+        return self.feed_forward(x)
