@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .attention import IncrementalState
 from .layers import OFADecoderLayer, OFAEncoderLayer
 from .position import image_position_ids, image_rel_pos_buckets, token_rel_pos_buckets
-from .resnet import BLOCKS, ResNet, norm_layer
+from .resnet import BLOCKS, ResNet, drop_path_rates, norm_layer
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class OFAEncoder(FairseqEncoder):
         self.pos_scaling = float(dim / self.num_heads * args.attn_scale_factor) ** -0.5
         self.pos_q_linear = nn.Linear(dim, dim)
         self.pos_k_linear = nn.Linear(dim, dim)
-        rates = torch.linspace(0, args.encoder_drop_path_rate, args.encoder_layers).tolist()
+        rates = drop_path_rates(args.encoder_drop_path_rate, args.encoder_layers)
         self.layers = nn.ModuleList([maybe_checkpoint(OFAEncoderLayer(args, rate), args) for rate in rates])
         self.layer_norm = LayerNorm(dim) if args.encoder_normalize_before else None
         self.token_rel_pos_table_list = nn.ModuleList(
@@ -207,7 +207,7 @@ class OFADecoder(FairseqIncrementalDecoder):
         self.cross_pos_q_linear = nn.Linear(dim, dim)
         self.cross_pos_k_linear = nn.Linear(dim, dim)
         self.code_layernorm_embedding = LayerNorm(dim) if args.code_layernorm_embedding else None
-        rates = torch.linspace(0, args.decoder_drop_path_rate, args.decoder_layers).tolist()
+        rates = drop_path_rates(args.decoder_drop_path_rate, args.decoder_layers)
         self.layers = nn.ModuleList([maybe_checkpoint(OFADecoderLayer(args, rate), args) for rate in rates])
         self.layer_norm = LayerNorm(dim) if args.decoder_normalize_before else None
         self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
@@ -288,7 +288,8 @@ class OFAModel(FairseqEncoderDecoderModel):
     def __init__(self, args, encoder: OFAEncoder, decoder: OFADecoder):
         super().__init__(encoder, decoder)
         self.args = args
-        self.apply(init_bert_params)  # OFA re-initialises every Linear/Embedding as BERT does
+        if next(self.parameters()).device.type != "meta":  # a meta model (shapes only) has nothing to fill
+            self.apply(init_bert_params)  # OFA re-initialises every Linear/Embedding as BERT does
         self.classification_heads = nn.ModuleDict()
 
     @staticmethod

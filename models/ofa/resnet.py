@@ -4,7 +4,7 @@ Parameter names and shapes follow OFA's checkpoints (``encoder.embed_images.*``)
 ``resnet18``/``resnet34`` are Bottleneck networks too ([2, 2, 2] and [3, 4, 6] blocks).
 """
 from functools import partial
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,11 @@ BLOCKS = {
     "resnet101": (3, 4, 23),
     "resnet152": (3, 8, 36),
 }
+
+
+def drop_path_rates(last: float, count: int) -> List[float]:
+    """Rates rising linearly from 0 to ``last`` over ``count`` blocks (plain floats: works on the meta device)."""
+    return [last * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
 
 
 def drop_path(x: Tensor, rate: float, training: bool, batch_dim: int = 0) -> Tensor:
@@ -86,7 +91,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = 64
         for index, (planes, count, stride) in enumerate(zip((64, 128, 256), blocks, (1, 2, 2))):
-            rates = torch.linspace(0, drop_path_rate, count).tolist()
+            rates = drop_path_rates(drop_path_rate, count)
             downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), norm(planes * 4))
             stage = [Bottleneck(inplanes, planes, stride, norm, downsample)]  # the first block never drops
             stage += [Bottleneck(planes * 4, planes, 1, norm, drop_path_rate=rates[i]) for i in range(1, count)]
