@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 LOCK := requirements/lock-py311-cpu.txt
 STAMP := $(VENV)/.ofa-el-installed
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo demo-all test test-all bench clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,9 @@ $(STAMP): $(LOCK) setup.py
 
 demo: venv
 	$(PY) -m ofa_el.tools.demo
+
+demo-all: venv
+	$(PY) -m ofa_el.tools.demo --all
 
 test: venv
 	$(PY) -m pytest -q -m "not slow" tests

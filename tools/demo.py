@@ -1,8 +1,15 @@
-"""``make demo``: train a small model with Encouraging Loss on embedded data and print its metrics.
+"""``make demo``: the published recipes, end to end, on the embedded synthetic data (CPU, minutes).
 
-Runs stock ``fairseq-train`` with this plugin as ``--user-dir`` on the synthetic reverse
-task (tools/sequence_demo.py), then prints the final validation metrics, including the
-EL diagnostics, and writes them to ``demo/metrics.json``.
+1. writes the demo data set (synthetic shapes, captions, referring expressions, a small BPE)
+   to ``demo/data`` unless it is there;
+2. caption: trains ``configs/caption/stage1_el.yaml`` (its demo variant) with EL, keeps the best
+   checkpoint by validation CIDEr, evaluates it on the test split (BLEU-4, METEOR, ROUGE-L, CIDEr);
+3. refcoco: trains ``configs/refcoco/refcoco_el.yaml`` (demo variant), keeps the best checkpoint
+   by Acc@0.5, evaluates val/testA/testB with bin-restricted decoding and with OFA's unrestricted
+   decoding; ``--all`` (``make demo-all``) adds refcoco+ and refcocog.
+
+Every step runs the same run_scripts a user runs (``DEMO=1``), so the demo exercises the real
+code path. Metrics go to ``demo/metrics.json``; logs to ``demo/logs``.
 """
 from __future__ import annotations
 
@@ -15,61 +22,97 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from .sequence_demo import binarize, write_reverse_corpus
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-REVERSE_RECIPE = [
-    "--task", "translation", "--arch", "transformer", "--share-all-embeddings",
-    "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
-    "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
-    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--dropout", "0.0",
-    "--criterion", "adjust_label_smoothed_encouraging_loss", "--log-end", "0.75", "--label-smoothing", "0.1",
-    "--report-accuracy",
-    "--optimizer", "adam", "--lr", "2e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100",
-    "--max-tokens", "2000", "--max-update", "600", "--cpu", "--num-workers", "0", "--seed", "1",
-    "--log-format", "json", "--log-interval", "100", "--no-epoch-checkpoints", "--validate-interval", "5",
-]
-
-SHOWN = ["loss", "nll_loss", "ppl", "accuracy", "p_target", "past_log_end", "bonus"]
+DEMO = REPO_ROOT / "demo"
+GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
+                    "refcocog": ["val", "test"]}
 
 
-def last_json_record(output: str, logger: str) -> Dict[str, str]:
-    marker = f"| {logger} | "
-    records = [json.loads(line.split(marker, 1)[1]) for line in output.splitlines() if marker in line]
-    if not records:
-        raise RuntimeError(f"fairseq-train printed no '{logger}' record; its output ends with:\n{output[-3000:]}")
-    return records[-1]
+def run(script: str, log: Path, env: Dict[str, str], *extra: str) -> None:
+    """Run a run_scripts/*.sh in demo mode, its output into ``log``; fail loudly with the log's tail."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = dict(os.environ, DEMO="1", PYTHON=sys.executable, PYTHONUNBUFFERED="1", **env)
+    with open(log, "w") as handle:
+        code = subprocess.call(["sh", str(REPO_ROOT / "run_scripts" / script), *extra], stdout=handle,
+                               stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT)
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        raise SystemExit(f"{script} failed (exit {code}); the end of {log}:\n{tail}")
 
 
-def run_reverse_demo(work: Path) -> Dict[str, float]:
-    data = binarize(write_reverse_corpus(work / "text"), work / "bin")
-    cmd: List[str] = [str(Path(sys.executable).parent / "fairseq-train"), str(data), "--user-dir", str(REPO_ROOT),
-                      *REVERSE_RECIPE, "--save-dir", str(work / "checkpoints")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    if proc.returncode != 0:
-        raise RuntimeError(f"fairseq-train failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    valid = last_json_record(proc.stdout + proc.stderr, "valid")
-    return {key: float(valid[f"valid_{key}"]) for key in SHOWN if f"valid_{key}" in valid}
+def ensure_data() -> None:
+    if (DEMO / "data" / "refcocog_test.tsv").is_file():
+        return
+    print("writing the demo data set to demo/data ...", flush=True)
+    subprocess.check_call([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(DEMO / "data"),
+                           "--seed", "0"], cwd=REPO_ROOT)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("demo"), help="where data, checkpoints and metrics go")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+def caption() -> Dict[str, Dict[str, float]]:
     start = time.time()
-    metrics = run_reverse_demo(args.out / "reverse")
-    elapsed = time.time() - start
-    print(f"\nEncouraging Loss (log_end 0.75) on the synthetic reverse task, {elapsed:.0f} s on CPU")
-    print("validation metric    value   (losses in base 2; p_target, past_log_end, bonus per kept token)")
-    for key, value in metrics.items():
-        print(f"  {key:<18} {value:8.4f}")
-    metrics_path = args.out / "metrics.json"
-    existing = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    existing["reverse"] = {"valid": metrics}
-    metrics_path.write_text(json.dumps(existing, indent=2) + "\n")
-    print(f"metrics written to {metrics_path}; checkpoints in {args.out / 'reverse' / 'checkpoints'}")
+    print("caption: training the demo model with EL (configs/caption/stage1_el.yaml) ...", flush=True)
+    run("caption/train_caption_stage1_el.sh", DEMO / "logs" / "caption_train.log", {})
+    run("caption/evaluate_caption.sh", DEMO / "logs" / "caption_eval.log", {})
+    metrics = json.loads((DEMO / "results" / "caption" / "metrics.json").read_text())
+    shown = {name: metrics["caption_test"][key] for name, key in
+             (("BLEU-4", "Bleu_4"), ("METEOR", "METEOR"), ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"))}
+    print(f"caption: {time.time() - start:.0f} s; test " + ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+    return {"test": shown}
+
+
+def grounding(set_name: str) -> Dict[str, Dict[str, Dict[str, float]]]:
+    start = time.time()
+    recipe = {"refcoco": "train_refcoco_el.sh", "refcocoplus": "train_refcocoplus_el.sh",
+              "refcocog": "train_refcocog_el.sh"}[set_name]
+    checkpoint = DEMO / "checkpoints" / f"{set_name}_el" / "checkpoint_best.pt"
+    print(f"{set_name}: training the demo model with EL ...", flush=True)
+    run(f"refcoco/{recipe}", DEMO / "logs" / f"{set_name}_train.log", {})
+    results = {}
+    for mode, extra in (("restricted", []), ("unrestricted", ["--unrestricted-decoding"])):
+        out = DEMO / "results" / f"{set_name}_{mode}"
+        run("refcoco/evaluate_refcoco.sh", DEMO / "logs" / f"{set_name}_eval_{mode}.log",
+            {"SET": set_name, "CHECKPOINT": str(checkpoint), "RESULTS_DIR": str(out)}, *extra)
+        table = json.loads((out / "metrics.json").read_text())
+        results[mode] = {split: {"Acc@0.5": table[f"{set_name}_{split}"]["Acc@0.5"],
+                                 "mIoU": table[f"{set_name}_{split}"]["mIoU"]} for split in GROUNDING_SPLITS[set_name]}
+    line = ", ".join(f"{split} {values['Acc@0.5']:.3f}" for split, values in results["restricted"].items())
+    print(f"{set_name}: {time.time() - start:.0f} s; Acc@0.5 {line}")
+    return results
+
+
+def print_table(metrics: Dict) -> None:
+    print("\n== demo results (synthetic data; see README.md) ==")
+    if "caption" in metrics:
+        print("caption test: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics["caption"]["test"].items()))
+    for set_name in GROUNDING_SPLITS:
+        if set_name in metrics:
+            for split, values in metrics[set_name].items():
+                other = metrics[f"{set_name}_unrestricted_decoding"][split]["Acc@0.5"]
+                print(f"{set_name} {split:<6} Acc@0.5 {values['Acc@0.5']:.3f} (unrestricted decoding {other:.3f}), "
+                      f"mIoU {values['mIoU']:.3f}")
+
+
+def main(argv: List[str] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--all", action="store_true", help="also refcoco+ and refcocog")
+    parser.add_argument("--only", choices=["caption", *GROUNDING_SPLITS], help="run a single part")
+    args = parser.parse_args(argv)
+    start = time.time()
+    ensure_data()
+    parts = [args.only] if args.only else ["caption", "refcoco"] + (["refcocoplus", "refcocog"] if args.all else [])
+    metrics_path = DEMO / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    for part in parts:
+        if part == "caption":
+            metrics["caption"] = caption()
+        else:
+            results = grounding(part)
+            metrics[part] = results["restricted"]
+            metrics[f"{part}_unrestricted_decoding"] = results["unrestricted"]
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    print_table(metrics)
+    print(f"\ntotal {time.time() - start:.0f} s; metrics in {metrics_path}, checkpoints in {DEMO / 'checkpoints'}, "
+          f"predictions in {DEMO / 'results'}")
 
 
 if __name__ == "__main__":
