@@ -117,3 +117,17 @@ def test_criterion_fused_and_reference_agree():
 def test_bad_loss_impl_is_named():
     with pytest.raises(ValueError, match="--loss-impl"):
         AdjustLabelSmoothedEncouragingLossCriterion(Task(), sentence_avg=False, label_smoothing=0.1, loss_impl="fast")
+
+
+@pytest.mark.slow
+def test_benchmark_quick_run_prints_the_table():
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "criterion_bench.py"), "--quick"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("64", "256"))]
+    assert len(rows) == 2 and all(line.count("buf") == 4 for line in rows)
