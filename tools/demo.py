@@ -24,6 +24,8 @@ from typing import Dict, List
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo"
+#: Grounding is learnt more slowly than captioning: more rows than the generator's default.
+GROUNDING_TRAIN_ROWS = 4000
 GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
                     "refcocog": ["val", "test"]}
 
@@ -45,7 +47,7 @@ def ensure_data() -> None:
         return
     print("writing the demo data set to demo/data ...", flush=True)
     subprocess.check_call([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(DEMO / "data"),
-                           "--seed", "0"], cwd=REPO_ROOT)
+                           "--seed", "0", "--refcoco-train-images", str(GROUNDING_TRAIN_ROWS)], cwd=REPO_ROOT)
 
 
 def caption() -> Dict[str, Dict[str, float]]:

@@ -1,0 +1,118 @@
+"""Several processes on CPU agree with one; a killed run resumes; checkpoints are never truncated."""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+TINY = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+        "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
+        "--decoder-attention-heads", "2", "--log-interval", "1", "--keep-row-order", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scale_data")
+    subprocess.run([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(out), "--seed", "2",
+                    "--train-images", "8", "--val-images", "5", "--test-images", "2",
+                    "--refcoco-train-images", "0"], check=True, capture_output=True)
+    return out
+
+
+def interleave_for_one_process(data: Path, out: Path, workers: int, batch: int) -> Path:
+    """A copy of the data set whose training rows are reordered so that one process's batch i holds
+    exactly the rows of every worker's batch i (each worker reads its own contiguous block)."""
+    out.mkdir()
+    rows = (data / "caption_stage1_train.tsv").read_text().splitlines(keepends=True)
+    block = len(rows) // workers
+    assert block * workers == len(rows) and block % batch == 0
+    reordered = []
+    for start in range(0, block, batch):
+        for worker in range(workers):
+            reordered += rows[worker * block + start: worker * block + start + batch]
+    (out / "caption_stage1_train.tsv").write_text("".join(reordered))
+    shutil.copy(data / "caption_val.tsv", out / "caption_val.tsv")
+    shutil.copytree(data / "bpe", out / "bpe")
+    return out
+
+
+def launch(data: Path, save: Path, env_extra: dict, *args: str) -> str:
+    env = dict(os.environ, DEMO="1", PYTHON=sys.executable, DATA_DIR=str(data), BPE_DIR=str(data / "bpe"),
+               SAVE_DIR=str(save), OMP_NUM_THREADS="1", MASTER_PORT=str(29600 + os.getpid() % 300), **env_extra)
+    cmd = [sys.executable, "-m", "ofa_el.tools.launch", str(REPO_ROOT / "configs" / "caption" / "stage1_el.yaml"),
+           "--demo", *TINY, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=REPO_ROOT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    return output
+
+
+def inner_logs(output: str):
+    """(loss, nll_loss, p_target, bonus) of each logged update."""
+    found = re.findall(r"loss=([\d.]+), nll_loss=([\d.]+), p_target=([\d.]+), bonus=([-\d.]+)", output)
+    return [tuple(float(v) for v in row) for row in found]
+
+
+def valid_cider(output: str) -> float:
+    return float(re.findall(r"\| cider ([\d.]+)", output)[-1])
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_with_the_same_global_batch(data, tmp_path):
+    batch, updates = 4, 3
+    one_process_data = interleave_for_one_process(data, tmp_path / "data_1p", workers=2, batch=batch)
+    common = ["--max-update", str(updates), "--drop-worst-after", "1000", "--lr", "5e-4"]
+    two = launch(data, tmp_path / "two", {"NPROC_PER_NODE": "2"}, "--batch-size", str(batch), *common)
+    one = launch(one_process_data, tmp_path / "one", {"NPROC_PER_NODE": "1"}, "--batch-size", str(2 * batch),
+                 *common)
+    assert "distributed init (rank 1)" in two
+    logs_two, logs_one = inner_logs(two), inner_logs(one)
+    assert len(logs_two) == len(logs_one) == updates
+    for a, b in zip(logs_two, logs_one):
+        assert a == pytest.approx(b, abs=2e-3)  # the logs are rounded to 3-4 decimals
+    # 5 validation images on 2 workers (3 + 2): every image is scored once, as in one process
+    assert valid_cider(two) == pytest.approx(valid_cider(one), abs=1e-3)
+
+
+def checkpoint_files(save: Path):
+    return sorted(save.glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_stopped(data, tmp_path):
+    save = tmp_path / "ckpt"
+    env = dict(os.environ, DEMO="1", PYTHON=sys.executable, DATA_DIR=str(data), BPE_DIR=str(data / "bpe"),
+               SAVE_DIR=str(save), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "ofa_el.tools.launch", str(REPO_ROOT / "configs" / "caption" / "stage1_el.yaml"),
+           "--demo", *TINY, "--batch-size", "4", "--max-update", "40", "--save-interval-updates", "3",
+           "--validate-interval-updates", "1000", "--disable-validation"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=REPO_ROOT, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not (save / "checkpoint_last.pt").exists():
+        time.sleep(0.2)
+    time.sleep(1.5)  # let training go on, possibly into the next checkpoint write
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for path in checkpoint_files(save):  # whatever was on disk at the kill is complete
+        torch.load(path, map_location="cpu", weights_only=False)
+    killed_at = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    updates_done = killed_at["optimizer_history"][-1]["num_updates"]
+    assert 3 <= updates_done < 40
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=900)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-4000:]
+    assert f"@ {updates_done} updates)" in output and "Loaded checkpoint" in output
+    first_logged = int(re.findall(r"num_updates=(\d+)", output)[0])
+    assert first_logged == updates_done + 1  # training continues from the next update, not from zero
+    final = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert final["optimizer_history"][-1]["num_updates"] == 40
+    assert final["extra_state"]["train_iterator"]["epoch"] >= killed_at["extra_state"]["train_iterator"]["epoch"]
