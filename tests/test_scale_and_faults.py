@@ -65,7 +65,6 @@ def valid_cider(output: str) -> float:
     return float(re.findall(r"\| cider ([\d.]+)", output)[-1])
 
 
-@pytest.mark.slow
 def test_two_cpu_processes_match_one_with_the_same_global_batch(data, tmp_path):
     batch, updates = 4, 3
     one_process_data = interleave_for_one_process(data, tmp_path / "data_1p", workers=2, batch=batch)
@@ -86,13 +85,12 @@ def checkpoint_files(save: Path):
     return sorted(save.glob("*.pt"))
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(data, tmp_path):
     save = tmp_path / "ckpt"
     env = dict(os.environ, DEMO="1", PYTHON=sys.executable, DATA_DIR=str(data), BPE_DIR=str(data / "bpe"),
                SAVE_DIR=str(save), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "ofa_el.tools.launch", str(REPO_ROOT / "configs" / "caption" / "stage1_el.yaml"),
-           "--demo", *TINY, "--batch-size", "4", "--max-update", "40", "--save-interval-updates", "3",
+           "--demo", *TINY, "--batch-size", "4", "--max-update", "40", "--max-epoch", "100", "--save-interval-updates", "3",
            "--validate-interval-updates", "1000", "--disable-validation"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=REPO_ROOT, start_new_session=True)
