@@ -192,3 +192,18 @@ def test_freeze_embedding_flags_stop_gradients():
     model = OFAModel.build_model(tiny_args(freeze_encoder_embedding=True, freeze_decoder_embedding=True), Task(60))
     assert not model.encoder.embed_tokens.weight.requires_grad
     assert model.decoder.output_projection.weight is model.encoder.embed_tokens.weight
+
+
+def test_bfloat16_step_with_full_log_el_is_finite():
+    """Half precision with EL at log_end 1.0 (its largest gradients): finite loss and gradients."""
+    torch.manual_seed(0)
+    model = OFAModel.build_model(tiny_args(), Task(60)).to(torch.bfloat16).train()
+    criterion = AdjustLabelSmoothedEncouragingLossCriterion(Task(60), sentence_avg=False, label_smoothing=0.1,
+                                                            log_end=1.0)
+    sample = random_batch()
+    sample["net_input"]["patch_images"] = sample["net_input"]["patch_images"].to(torch.bfloat16)
+    loss, _, _ = criterion(model, sample)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g.float()).all() for g in grads)
