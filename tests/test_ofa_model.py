@@ -16,7 +16,8 @@ from ofa_el.models.ofa.model import OFAModel
 
 OFA_SPECS = SHARED_SPECS / "ofa"
 MICRO = OFA_SPECS / "micro_a"
-needs_specs = pytest.mark.skipif(not MICRO.is_dir(), reason=f"OFA fixture not found at {MICRO} (shared/ beside the repo)")
+needs_specs = pytest.mark.skipif(not MICRO.is_dir(),
+                                 reason=f"OFA fixture not found at {MICRO} (shared/ beside the repo)")
 
 
 class Task:
@@ -124,7 +125,8 @@ def test_wrong_arch_is_refused_with_the_mismatched_keys(micro):
     path, args, _, _ = micro
     other = argparse.Namespace(**dict(vars(args), encoder_layers=3, encoder_ffn_embed_dim=96))
     model = OFAModel.build_model(other, Task(8597))
-    with pytest.raises(ValueError, match=r"encoder\.layers\.0\.fc1\.weight: checkpoint \(128, 64\) vs model \(96, 64\)"):
+    expected = r"encoder\.layers\.0\.fc1\.weight: checkpoint \(128, 64\) vs model \(96, 64\)"
+    with pytest.raises(ValueError, match=expected):
         model.load_state_dict(torch.load(path, weights_only=True)["model"], strict=True, model_cfg=other)
 
 

@@ -90,7 +90,8 @@ def test_killed_run_resumes_where_it_stopped(data, tmp_path):
     env = dict(os.environ, DEMO="1", PYTHON=sys.executable, DATA_DIR=str(data), BPE_DIR=str(data / "bpe"),
                SAVE_DIR=str(save), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "ofa_el.tools.launch", str(REPO_ROOT / "configs" / "caption" / "stage1_el.yaml"),
-           "--demo", *TINY, "--batch-size", "4", "--max-update", "40", "--max-epoch", "100", "--save-interval-updates", "3",
+           "--demo", *TINY, "--batch-size", "4", "--max-update", "40", "--max-epoch", "100",
+           "--save-interval-updates", "3",
            "--validate-interval-updates", "1000", "--disable-validation"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             cwd=REPO_ROOT, start_new_session=True)

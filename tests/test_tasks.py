@@ -1,5 +1,4 @@
 """The caption and refcoco tasks on generated demo data: loading, batching, CIDEr table, box decoding."""
-import argparse
 import subprocess
 import sys
 
@@ -65,7 +64,8 @@ def test_cider_over_the_validation_table_is_additive(demo_data):
     _, first = cider(records[:4], document_frequency=table)
     _, rest = cider(records[4:], document_frequency=table)
     assert (sum(first.values()) + sum(rest.values())) / len(records) == pytest.approx(whole, rel=1e-9)
-    direct, _ = Cider().compute_score({i: r[2] for i, r in enumerate(records)}, {i: [r[1]] for i, r in enumerate(records)})
+    references = {i: r[2] for i, r in enumerate(records)}
+    direct, _ = Cider().compute_score(references, {i: [r[1]] for i, r in enumerate(records)})
     assert whole == pytest.approx(direct, rel=1e-9)  # the table is the validation set's own
 
 

@@ -71,7 +71,8 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     for low, high in zip(edges[:-1], edges[1:]):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
-            error += in_bin.float().mean().item() * abs(confidence[in_bin].mean().item() - correct[in_bin].mean().item())
+            gap = abs(confidence[in_bin].mean().item() - correct[in_bin].mean().item())
+            error += in_bin.float().mean().item() * gap
     return error
 
 
