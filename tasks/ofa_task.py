@@ -25,6 +25,15 @@ from ..data.text import TextCodec
 logger = logging.getLogger(__name__)
 
 
+class RowOrderBatchIterator(iterators.EpochBatchIterator):
+    """Batches in the dataset's order: rows are already shuffled per epoch (or kept in file order with
+    --keep-row-order), so a second, batch-level shuffle would only make runs with different worker
+    counts or --update-freq see different micro-batches."""
+
+    def next_epoch_itr(self, shuffle=True, fix_batches_to_gpus=False, set_dataset_epoch=True):
+        return super().next_epoch_itr(False, fix_batches_to_gpus, set_dataset_epoch)
+
+
 @dataclass
 class OFATaskConfig(FairseqDataclass):
     data: Optional[str] = field(
@@ -134,10 +143,11 @@ class OFATask(FairseqTask):
                            shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,
                            skip_remainder_batch=False, grouped_shuffling=False, update_epoch_batch_itr=False):
         """Fixed-size batches over this worker's rows; the reader already shards the file, so the
-        iterator is not sharded again, and every worker gets the same number of batches."""
+        iterator is not sharded again, and every worker gets the same number of batches. The order
+        is the dataset's (rows shuffled per epoch, or file order with --keep-row-order)."""
         dataset.set_epoch(epoch)
         batches = dataset.batch_by_size(dataset.ordered_indices(), max_tokens=max_tokens, max_sentences=max_sentences)
-        return iterators.EpochBatchIterator(
+        return RowOrderBatchIterator(
             dataset=dataset, collate_fn=dataset.collater, batch_sampler=batches, seed=seed, num_shards=1,
             shard_id=0, num_workers=num_workers, epoch=epoch, buffer_size=data_buffer_size,
             skip_remainder_batch=skip_remainder_batch,

@@ -68,7 +68,8 @@ def valid_cider(output: str) -> float:
 def test_two_cpu_processes_match_one_with_the_same_global_batch(data, tmp_path):
     batch, updates = 4, 3
     one_process_data = interleave_for_one_process(data, tmp_path / "data_1p", workers=2, batch=batch)
-    common = ["--max-update", str(updates), "--drop-worst-after", "1000", "--lr", "5e-4"]
+    # BatchNorm normalises with each worker's own batch (use --sync-bn to share statistics): frozen here
+    common = ["--max-update", str(updates), "--drop-worst-after", "1000", "--lr", "5e-4", "--freeze-resnet"]
     two = launch(data, tmp_path / "two", {"NPROC_PER_NODE": "2"}, "--batch-size", str(batch), *common)
     one = launch(one_process_data, tmp_path / "one", {"NPROC_PER_NODE": "1"}, "--batch-size", str(2 * batch),
                  *common)
@@ -79,6 +80,21 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(data, tmp_path):
         assert a == pytest.approx(b, abs=2e-3)  # the logs are rounded to 3-4 decimals
     # 5 validation images on 2 workers (3 + 2): every image is scored once, as in one process
     assert valid_cider(two) == pytest.approx(valid_cider(one), abs=1e-3)
+
+
+def test_token_dropping_is_per_worker_micro_batch(data, tmp_path):
+    """With drop-worst on from the second update, 2 workers of batch B equal 1 process of batch B and
+    --update-freq 2 fed the same micro-batches: tokens are ranked within each worker's micro-batch."""
+    batch, updates = 4, 3
+    one_process_data = interleave_for_one_process(data, tmp_path / "data_1p", workers=2, batch=batch)
+    common = ["--max-update", str(updates), "--drop-worst-ratio", "0.3", "--drop-worst-after", "0", "--lr", "5e-4",
+              "--batch-size", str(batch), "--disable-validation"]
+    two = launch(data, tmp_path / "two", {"NPROC_PER_NODE": "2"}, *common)
+    one = launch(one_process_data, tmp_path / "one", {"NPROC_PER_NODE": "1"}, "--update-freq", "2", *common)
+    logs_two, logs_one = inner_logs(two), inner_logs(one)
+    assert len(logs_two) == len(logs_one) == updates
+    for a, b in zip(logs_two, logs_one):
+        assert a == pytest.approx(b, abs=2e-3)
 
 
 def checkpoint_files(save: Path):
