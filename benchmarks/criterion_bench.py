@@ -51,10 +51,14 @@ def make_step(variant: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
     return step
 
 
-def inputs(n: int, v: int, device: str, seed: int = 0):
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def inputs(n: int, v: int, device: str, seed: int = 0, dtype: str = "float32"):
     """Logits ~ N(0, 2^2) and random targets, made in place (no temporary buffer to inflate the peak)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    logits = torch.empty(n, v).normal_(0.0, 2.0, generator=g).to(device).requires_grad_(True)
+    logits = torch.empty(n, v).normal_(0.0, 2.0, generator=g).to(device=device, dtype=DTYPES[dtype])
+    logits.requires_grad_(True)
     target = torch.randint(0, v, (n,), generator=g).to(device)
     return logits, target
 
@@ -64,9 +68,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_variants(n: int, v: int, device: str, repeats: int, variants: List[str]) -> Dict[str, float]:
+def time_variants(n: int, v: int, device: str, repeats: int, variants: List[str], dtype: str) -> Dict[str, float]:
     """Median seconds per forward+backward, variants interleaved within each repetition."""
-    logits, target = inputs(n, v, device)
+    logits, target = inputs(n, v, device, dtype=dtype)
     steps = {name: make_step(name) for name in variants}
     times: Dict[str, List[float]] = {name: [] for name in variants}
     for name in variants:  # warm-up
@@ -83,9 +87,9 @@ def time_variants(n: int, v: int, device: str, repeats: int, variants: List[str]
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def peak_memory_child(variant: str, n: int, v: int, device: str) -> float:
+def peak_memory_child(variant: str, n: int, v: int, device: str, dtype: str) -> float:
     """In this (fresh) process: extra peak memory of one forward+backward, in [N, V] float32 buffers."""
-    logits, target = inputs(n, v, device)
+    logits, target = inputs(n, v, device, dtype=dtype)
     step = make_step(variant)
     buffer = n * v * 4
     if device == "cuda":
@@ -118,11 +122,11 @@ def reset_peak_rss() -> None:
         handle.write("5")
 
 
-def peak_memory(variant: str, n: int, v: int, device: str) -> float:
+def peak_memory(variant: str, n: int, v: int, device: str, dtype: str) -> float:
     # A fixed mmap threshold makes glibc return every large freed block to the OS, so the peak
     # resident set tracks live tensors instead of blocks kept for reuse.
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    proc = subprocess.run([sys.executable, __file__, "--child", variant, str(n), str(v), device],
+    proc = subprocess.run([sys.executable, __file__, "--child", variant, str(n), str(v), device, dtype],
                           capture_output=True, text=True, check=True, env=env)
     return float(proc.stdout.strip().splitlines()[-1])
 
@@ -134,26 +138,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-gb", type=float, default=12.0, help="skip variants expected to need more memory")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="the logits' dtype (float16/bfloat16: as under --fp16/--bf16 training)")
     parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
-        variant, n, v, device = args.child
-        print(peak_memory_child(variant, int(n), int(v), device))
+        variant, n, v, device, dtype = args.child
+        print(peak_memory_child(variant, int(n), int(v), device, dtype))
         return
     shapes = [(64, 1024), (256, 2048)] if args.quick else [(n, v) for v in (8192, 59457) for n in (640, 2560, 10240)]
     repeats = args.repeats or (2 if args.quick else 7)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
-    print(f"device: {device_name}; eps {EPS}, log_end {LOG_END}; median of {repeats} interleaved repetitions")
+    print(f"device: {device_name}; {args.dtype} logits; eps {EPS}, log_end {LOG_END}; "
+          f"median of {repeats} interleaved repetitions")
     header = f"{'N':>6} {'V':>6}  " + "  ".join(f"{name:>22}" for name in VARIANTS)
     print(header + "\n" + "-" * len(header))
     results = []
     for n, v in shapes:
         buffer_gb = n * v * 4 / 1e9
         variants = [name for name in VARIANTS if EXPECTED_BUFFERS[name] * buffer_gb <= args.max_gb]
-        times = time_variants(n, v, args.device, repeats, variants)
-        memory = {name: peak_memory(name, n, v, args.device) for name in variants}
+        times = time_variants(n, v, args.device, repeats, variants, args.dtype)
+        memory = {name: peak_memory(name, n, v, args.device, args.dtype) for name in variants}
         base = times["fairseq_ce"]
         cells = []
         for name in VARIANTS:
@@ -166,7 +173,8 @@ def main() -> None:
     print("cells: median time, ratio to fairseq_ce, extra peak memory in float32 [N, V] buffers")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"device": device_name, "repeats": repeats, "results": results}, handle, indent=2)
+            json.dump({"device": device_name, "dtype": args.dtype, "repeats": repeats, "results": results}, handle,
+                      indent=2)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,22 @@
-"""End-to-end training speed: the same small transformer trained with the EL and the CE criterion.
+"""End-to-end training speed: the same model trained with the EL and the CE criterion.
 
-    python benchmarks/e2e_step_time.py [--updates 200] [--rounds 3] [--vocab 8000]
+    python benchmarks/e2e_step_time.py --model ofa-demo   [--updates 60] [--rounds 3]
+    python benchmarks/e2e_step_time.py --model transformer [--updates 200] [--rounds 3] [--vocab 8000]
 
-Runs stock ``fairseq-train`` (this plugin as ``--user-dir``) on the synthetic reverse task
-with a large vocabulary, so that the criterion's share of a step is visible. EL and CE runs
-alternate (CE, EL, CE, EL, ...) and the median training wall time per update of each is
-compared; the ratio EL/CE is what EL costs a real training run.
+Runs fairseq's own training loop (this plugin as ``--user-dir``) twice per round, CE then EL
+(log_end 0.75), and compares the median training wall time per update; EL/CE is what EL costs
+a training run.
+
+* ``ofa-demo``: the caption demo recipe (configs/caption/stage1_ce.yaml, ``DEMO=1``: the OFA
+  architecture at demo size on demo/data), the model and data this project trains. The only
+  difference between the two runs is ``--criterion``/``--log-end``.
+* ``transformer``: a 2+2-layer width-128 transformer on a synthetic reverse task with a large
+  vocabulary: a stress case where the loss over the vocabulary is a large share of each step.
 """
 import argparse
 import json
+import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -17,50 +25,92 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CRITERIA = {
+    "ce": ["--criterion", "adjust_label_smoothed_cross_entropy"],
+    "el": ["--criterion", "adjust_label_smoothed_encouraging_loss", "--log-end", "0.75"],
+}
 
 
-def train_seconds_per_update(data: Path, criterion: List[str], updates: int, save_dir: Path) -> float:
-    cmd = [str(Path(sys.executable).parent / "fairseq-train"), str(data), "--user-dir", str(REPO_ROOT),
-           "--task", "translation", "--arch", "transformer", "--share-all-embeddings",
-           "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
-           "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
-           "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
-           *criterion, "--label-smoothing", "0.1", "--optimizer", "adam", "--lr", "1e-3",
-           "--max-tokens", "4096", "--max-update", str(updates), "--cpu", "--num-workers", "0",
-           "--save-dir", str(save_dir), "--no-save", "--disable-validation",
-           "--log-format", "json", "--log-interval", str(updates)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def placement(device: str) -> List[str]:
+    return ["--cpu"] if device == "cpu" else ["--fp16"] if device == "cuda-fp16" else []
+
+
+def seconds_per_update(cmd: List[str], updates: int) -> float:
+    """Run one training command and read fairseq's ``train_wall`` (training time, no start-up) from its log."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     if proc.returncode != 0:
-        raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
-    records = [json.loads(line.split("| train | ", 1)[1]) for line in (proc.stdout + proc.stderr).splitlines()
-               if "| train | " in line]
+        raise RuntimeError(f"{shlex.join(cmd)}\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
+    records = [json.loads(line[line.index("{"):]) for line in (proc.stdout + proc.stderr).splitlines()
+               if '"train_train_wall"' in line]  # fairseq's end-of-epoch JSON line (--log-format json)
+    if not records:
+        raise RuntimeError(f"no end-of-training line in the log of {shlex.join(cmd)}")
     return float(records[-1]["train_train_wall"]) / updates
 
 
-def main() -> None:
+def transformer_commands(tmp: Path, args: argparse.Namespace) -> Dict[str, List[str]]:
     from ofa_el.tools.sequence_demo import binarize, write_reverse_corpus
 
+    text = write_reverse_corpus(tmp / "text", sizes={"train": 20000, "valid": 10, "test": 10}, vocab=args.vocab,
+                                min_len=10, max_len=30)
+    data = binarize(text, tmp / "bin")
+    base = [sys.executable, "-m", "fairseq_cli.train", str(data), "--user-dir", str(REPO_ROOT),
+            "--task", "translation", "--arch", "transformer", "--share-all-embeddings",
+            "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
+            "--encoder-ffn-embed-dim", "256", "--decoder-ffn-embed-dim", "256",
+            "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--label-smoothing", "0.1",
+            "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "4096", "--num-workers", "0",
+            *placement(args.device)]
+    return {name: base + flags + _run_flags(tmp / f"ckpt_{name}", args.updates) for name, flags in CRITERIA.items()}
+
+
+def ofa_demo_commands(tmp: Path, args: argparse.Namespace) -> Dict[str, List[str]]:
+    from ofa_el.tools.launch import command, load_recipe
+
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "caption_stage1_train.tsv").is_file():
+        subprocess.check_call([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(data_dir),
+                               "--seed", "0", "--refcoco-train-images", "0"], cwd=REPO_ROOT)
+    recipe = load_recipe(REPO_ROOT / "configs" / "caption" / "stage1_ce.yaml", demo=True)
+    env = dict(os.environ, DATA_DIR=str(data_dir), BPE_DIR=str(data_dir / "bpe"))
+    commands = {}
+    for name, flags in CRITERIA.items():
+        extra = flags + _run_flags(tmp / f"ckpt_{name}", args.updates)
+        if args.device != "cpu":
+            extra += placement(args.device)
+        cmd = command(recipe, env, extra, where="configs/caption/stage1_ce.yaml")
+        commands[name] = [c for c in cmd if not (args.device != "cpu" and c == "--cpu")]
+    return commands
+
+
+def _run_flags(save_dir: Path, updates: int) -> List[str]:
+    return ["--max-update", str(updates), "--save-dir", str(save_dir), "--no-save", "--disable-validation",
+            "--log-format", "json", "--log-interval", str(updates)]
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=200)
+    parser.add_argument("--model", choices=["ofa-demo", "transformer"], default="ofa-demo")
+    parser.add_argument("--updates", type=int, default=None, help="updates per run (default: 60 ofa-demo, 200 else)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--vocab", type=int, default=8000, help="word types of the synthetic corpus")
+    parser.add_argument("--vocab", type=int, default=8000, help="transformer: word types of the synthetic corpus")
+    parser.add_argument("--data-dir", default=str(REPO_ROOT / "demo" / "data"),
+                        help="ofa-demo: the demo data (written there if missing)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "cuda-fp16"], default="cpu",
+                        help="cuda: float32 on the first GPU; cuda-fp16: fairseq's --fp16 there")
     args = parser.parse_args()
-    criteria = {
-        "ce": ["--criterion", "adjust_label_smoothed_cross_entropy"],
-        "el": ["--criterion", "adjust_label_smoothed_encouraging_loss", "--log-end", "0.75"],
-    }
+    args.updates = args.updates or (60 if args.model == "ofa-demo" else 200)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        text = write_reverse_corpus(tmp / "text", sizes={"train": 20000, "valid": 10, "test": 10}, vocab=args.vocab,
-                                    min_len=10, max_len=30)
-        data = binarize(text, tmp / "bin")
-        times: Dict[str, List[float]] = {name: [] for name in criteria}
+        build = ofa_demo_commands if args.model == "ofa-demo" else transformer_commands
+        commands = build(tmp, args)
+        times: Dict[str, List[float]] = {name: [] for name in commands}
         for _ in range(args.rounds):
-            for name, flags in criteria.items():
-                times[name].append(train_seconds_per_update(data, flags, args.updates, tmp / f"ckpt_{name}"))
+            for name, cmd in commands.items():
+                times[name].append(seconds_per_update(cmd, args.updates))
     ce, el = statistics.median(times["ce"]), statistics.median(times["el"])
-    print(f"seconds per update (median of {args.rounds} alternating runs of {args.updates} updates, "
-          f"vocabulary ~{args.vocab}): CE {ce:.4f}, EL {el:.4f}; EL/CE = {el / ce:.3f}")
+    what = f"vocabulary ~{args.vocab}" if args.model == "transformer" else "caption demo recipe"
+    print(f"{args.model} on {args.device} ({what}): seconds per update, median of {args.rounds} alternating runs "
+          f"of {args.updates} updates: CE {ce:.4f}, EL {el:.4f}; EL/CE = {el / ce:.3f}")
 
 
 if __name__ == "__main__":

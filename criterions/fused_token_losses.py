@@ -29,8 +29,10 @@ from torch import Tensor
 
 from .token_losses import BONUS_FLOOR, TokenLossOutput, encouraging_bonus, select_tokens, token_losses
 
-#: Elements of one chunk of logits (rows * V); chunks keep the temporaries small.
+#: Elements of one chunk of logits (rows * V); chunks keep the temporaries small. On CPU a chunk
+#: fits in cache; on a GPU each chunk costs ~20 kernel launches, so chunks are much larger there.
 CHUNK_ELEMENTS = 1 << 21
+GPU_CHUNK_ELEMENTS = 1 << 25
 
 
 def compute_dtype(logits: Tensor) -> torch.dtype:
@@ -88,7 +90,8 @@ def _one_pass(logits: Tensor, rows: Tensor, target: Tensor, epsilon: float, log_
     n, vocab = rows.numel(), logits.size(-1)
     dtype = compute_dtype(logits)
     stats = _ChunkStatistics(n, torch.empty(0, dtype=dtype, device=logits.device))
-    step = max(1, CHUNK_ELEMENTS // max(vocab, 1))
+    chunk = CHUNK_ELEMENTS if logits.device.type == "cpu" else GPU_CHUNK_ELEMENTS
+    step = max(1, chunk // max(vocab, 1))
     fast_bonus = log_end is not None and log_end >= 0.5
     for start in range(0, n, step):
         end = min(start + step, n)
@@ -122,9 +125,12 @@ def _one_pass(logits: Tensor, rows: Tensor, target: Tensor, epsilon: float, log_
             h_y = h_y + (1.0 - epsilon) * s_y
             bonus = (1.0 - epsilon) * b_y
             if epsilon > 0 and fast_bonus:
-                # every entry but the argmax is on the log branch; the argmax is added exactly
+                # every entry but the argmax is on the log branch; the argmax is added exactly.
+                # sum(log(1-p)) = log(prod(1-p)): no entry but the argmax exceeds 1/2 and their sum is
+                # below 1, so the product stays above 1/4 (no underflow), and a product costs no log
+                # per entry. Its rounding (~V ulps relative) is scaled by eps/K, far below 1e-6.
                 t = torch.rsub(p, 1.0).scatter_(-1, top, 1.0)
-                log_sum = torch.log(t).sum(-1, keepdim=True) + encouraging_bonus(p_top, log_end)
+                log_sum = torch.log(t.prod(-1, keepdim=True)) + encouraging_bonus(p_top, log_end)
                 ratio = torch.div(p, t, out=t).scatter_(-1, top, 0.0)  # p/(1-p) = -slope, argmax excluded
                 slope_sum = bonus_slope(p_top, log_end) - ratio.sum(-1, keepdim=True)
                 bonus = bonus + (epsilon / k) * log_sum

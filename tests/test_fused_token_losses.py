@@ -10,9 +10,11 @@ from ofa_el.criterions.fused_token_losses import fused_token_losses
 from ofa_el.criterions.token_losses import support_mask_from_range, token_losses
 
 N, V = 17, 11
+#: CUDA runs too where a GPU is present (the device checks); CI has none.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def make_case(support_kind, weighted, dtype=torch.float64, seed=0):
+def make_case(support_kind, weighted, dtype=torch.float64, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(N, V, generator=g, dtype=torch.float64) * 3
     logits[0, 3] = 40.0  # p_target -> 1: past log_end, bonus clamped
@@ -28,7 +30,8 @@ def make_case(support_kind, weighted, dtype=torch.float64, seed=0):
         support = torch.rand(N, V, generator=g) > 0.3
         support[torch.arange(N), target] = True
     weights = torch.rand(N, generator=g, dtype=torch.float64) + 0.5 if weighted else None
-    return logits.to(dtype), target, support, weights
+    move = (lambda t: None if t is None else t.to(device))  # noqa: E731
+    return logits.to(dtype).to(device), move(target), move(support), move(weights)
 
 
 def reference(logits, target, eps, support, **kwargs):
@@ -40,15 +43,17 @@ CASES = list(itertools.product([0.0, 0.1], [None, 0.3, 0.5, 0.75, 1.0], ["none",
                                [(0.0, 0.0), (0.2, 0.1)], [None, 0.7], [True, False]))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("eps, log_end, support_kind, weighted, drops, poly, reduce", CASES)
-def test_fused_equals_reference_float64(eps, log_end, support_kind, weighted, drops, poly, reduce):
-    logits, target, support, weights = make_case(support_kind, weighted)
+def test_fused_equals_reference_float64(eps, log_end, support_kind, weighted, drops, poly, reduce, device):
+    logits, target, support, weights = make_case(support_kind, weighted, device=device)
     a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
     options = dict(log_end=log_end, weights=weights, drop_worst_ratio=drops[0], drop_best_ratio=drops[1],
                    poly_epsilon=poly, reduce=reduce)
     ref = reference(a, target, eps, support, **options)
     fused = fused_token_losses(b, target, eps, support=support, **options)
     upstream = torch.linspace(-1.0, 2.0, N, dtype=torch.float64) if not reduce else torch.tensor(1.0)
+    upstream = upstream.to(device)
     (ref.loss * upstream).sum().backward()
     (fused.loss * upstream).sum().backward()
     assert torch.allclose(fused.loss, ref.loss, rtol=1e-6, atol=1e-6)
@@ -79,10 +84,11 @@ def test_rdrop_falls_back_to_the_reference():
     assert fused.loss.item() == pytest.approx(ref.loss.item(), rel=1e-9)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("log_end", [0.75, 1.0])
-def test_half_precision_logits_accumulate_in_float32(dtype, log_end):
-    logits, target, support, _ = make_case("range", False)
+def test_half_precision_logits_accumulate_in_float32(dtype, log_end, device):
+    logits, target, support, _ = make_case("range", False, device=device)
     half = logits.to(dtype).requires_grad_(True)
     fused = fused_token_losses(half, target, 0.1, log_end=log_end, support=support)
     fused.loss.backward()

@@ -64,3 +64,46 @@ def test_dry_run_prints_the_command(recipes, capsys, monkeypatch):
     monkeypatch.setenv("DEMO", "1")
     assert main([str(recipes / "el.yaml"), "--dry-run"]) == 0
     assert "--arch=ofa_demo" in capsys.readouterr().out
+
+
+# -- the training entry point: resume instead of restoring the pretrained file again ----------
+
+from ofa_el.tools.train import MissingRestoreFileError, resume_or_restore  # noqa: E402
+
+FINETUNE = ["data.tsv", "--restore-file", "PRETRAINED", "--reset-optimizer", "--reset-dataloader",
+            "--reset-meters", "--lr=1e-5"]
+
+
+def finetune_argv(tmp_path):
+    pretrained = tmp_path / "ofa_tiny.pt"
+    pretrained.write_bytes(b"x")
+    save = tmp_path / "save"
+    argv = [str(pretrained) if a == "PRETRAINED" else a for a in FINETUNE] + [f"--save-dir={save}"]
+    return argv, save
+
+
+def test_first_launch_restores_the_pretrained_file(tmp_path):
+    argv, _ = finetune_argv(tmp_path)
+    assert resume_or_restore(argv, log=pytest.fail) == argv
+
+
+def test_restart_resumes_from_checkpoint_last(tmp_path):
+    argv, save = finetune_argv(tmp_path)
+    save.mkdir()
+    (save / "checkpoint_last.pt").write_bytes(b"x")
+    messages = []
+    resumed = resume_or_restore(argv, log=messages.append)
+    assert resumed == ["data.tsv", "--lr=1e-5", f"--save-dir={save}"]
+    assert "resuming" in messages[0] and str(save / "checkpoint_last.pt") in messages[0]
+
+
+def test_missing_restore_file_is_an_error_not_a_fresh_start(tmp_path):
+    missing = tmp_path / "nowhere" / "ofa_large.pt"
+    with pytest.raises(MissingRestoreFileError, match=str(missing)):
+        resume_or_restore(["d.tsv", f"--restore-file={missing}", "--save-dir", str(tmp_path)])
+
+
+def test_default_restore_file_is_left_to_fairseq(tmp_path):
+    argv = ["d.tsv", "--restore-file", "checkpoint_last.pt", "--save-dir", str(tmp_path)]
+    assert resume_or_restore(argv, log=pytest.fail) == argv
+    assert resume_or_restore(["d.tsv"], log=pytest.fail) == ["d.tsv"]

@@ -5,6 +5,12 @@
 CUDA, stock fairseq 0.12 crashes (it takes ``rank % torch.cuda.device_count()``) or sizes its
 own spawn by the GPU count; here each torchrun process joins an ``env://`` gloo group
 instead, so multi-process training runs on CPU too.
+
+OFA's recipes finetune with ``--restore-file <pretrained.pt> --reset-optimizer ...``. Restarted
+after a crash, stock fairseq would load the pretrained file again and start over; here a
+restart resumes from ``<save-dir>/checkpoint_last.pt`` when there is one (what fairseq's
+``--finetune-from-model`` does), and a ``--restore-file`` that does not exist is an error
+rather than a silent start from scratch.
 """
 from __future__ import annotations
 
@@ -43,10 +49,65 @@ def with_cpu_torchrun(argv: List[str], env=os.environ) -> List[str]:
     return argv + extra
 
 
+RESET_FLAGS = ("--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler")
+DEFAULT_RESTORE = "checkpoint_last.pt"
+
+
+def _value(argv: List[str], flag: str) -> Optional[str]:
+    """The last value given to ``flag`` (``--flag=v`` or ``--flag v``), as argparse would keep it."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+        elif arg == flag and i + 1 < len(argv):
+            found = argv[i + 1]
+    return found
+
+
+def _without(argv: List[str], flag: str, takes_value: bool) -> List[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = takes_value
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
+class MissingRestoreFileError(FileNotFoundError):
+    """``--restore-file`` names no file: stock fairseq would train from scratch without a word."""
+
+
+def resume_or_restore(argv: List[str], log=print) -> List[str]:
+    """Resume from ``checkpoint_last.pt`` of the save dir when it exists, instead of restoring the
+    pretrained ``--restore-file`` again (and resetting optimizer, schedule and data position)."""
+    restore = _value(argv, "--restore-file")
+    if restore is None or restore == DEFAULT_RESTORE:
+        return argv
+    last = os.path.join(_value(argv, "--save-dir") or "checkpoints", DEFAULT_RESTORE)
+    if os.path.isfile(last):
+        log(f"ofa_el: {last} exists: resuming from it (--restore-file {restore} and --reset-* "
+            "apply to the first launch only)")
+        argv = _without(argv, "--restore-file", takes_value=True)
+        for flag in RESET_FLAGS:
+            argv = _without(argv, flag, takes_value=False)
+        return argv
+    if not os.path.isfile(restore):
+        raise MissingRestoreFileError(f"--restore-file {restore}: no such file (stock fairseq would silently "
+                                      "train from scratch); point RESTORE_FILE / --restore-file at the checkpoint")
+    return argv
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     from fairseq_cli import train
 
     argv = with_user_dir(list(sys.argv[1:] if argv is None else argv))
+    try:
+        argv = resume_or_restore(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
+    except MissingRestoreFileError as err:
+        raise SystemExit(f"error: {err}") from None
     sys.argv = [sys.argv[0]] + with_cpu_torchrun(argv)
     train.cli_main()
 
