@@ -10,6 +10,8 @@ a training run.
 * ``ofa-demo``: the caption demo recipe (configs/caption/stage1_ce.yaml, ``DEMO=1``: the OFA
   architecture at demo size on demo/data), the model and data this project trains. The only
   difference between the two runs is ``--criterion``/``--log-end``.
+  ``--ofa-vocabulary`` adds OFA's 8192 image codes and 1000 location bins to the output layer
+  (a ~9.9k-entry softmax, as in OFA's dictionary minus its larger BPE), so the loss weighs more.
 * ``transformer``: a 2+2-layer width-128 transformer on a synthetic reverse task with a large
   vocabulary: a stress case where the loss over the vocabulary is a large share of each step.
 """
@@ -75,6 +77,8 @@ def ofa_demo_commands(tmp: Path, args: argparse.Namespace) -> Dict[str, List[str
     commands = {}
     for name, flags in CRITERIA.items():
         extra = flags + _run_flags(tmp / f"ckpt_{name}", args.updates)
+        if args.ofa_vocabulary:
+            extra += ["--code-dict-size", "8192", "--num-bins", "1000"]
         if args.device != "cpu":
             extra += placement(args.device)
         cmd = command(recipe, env, extra, where="configs/caption/stage1_ce.yaml")
@@ -93,6 +97,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=None, help="updates per run (default: 60 ofa-demo, 200 else)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8000, help="transformer: word types of the synthetic corpus")
+    parser.add_argument("--ofa-vocabulary", action="store_true",
+                        help="ofa-demo: OFA's 8192 codes + 1000 bins in the output layer")
     parser.add_argument("--data-dir", default=str(REPO_ROOT / "demo" / "data"),
                         help="ofa-demo: the demo data (written there if missing)")
     parser.add_argument("--device", choices=["cpu", "cuda", "cuda-fp16"], default="cpu",
@@ -108,7 +114,8 @@ def main() -> None:
             for name, cmd in commands.items():
                 times[name].append(seconds_per_update(cmd, args.updates))
     ce, el = statistics.median(times["ce"]), statistics.median(times["el"])
-    what = f"vocabulary ~{args.vocab}" if args.model == "transformer" else "caption demo recipe"
+    what = (f"vocabulary ~{args.vocab}" if args.model == "transformer" else
+            "caption demo recipe" + (", OFA's codes and bins in the vocabulary" if args.ofa_vocabulary else ""))
     print(f"{args.model} on {args.device} ({what}): seconds per update, median of {args.rounds} alternating runs "
           f"of {args.updates} updates: CE {ce:.4f}, EL {el:.4f}; EL/CE = {el / ce:.3f}")
 

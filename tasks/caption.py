@@ -81,3 +81,5 @@ class CaptionTask(OFATask):
             metrics.log_scalar("_cider_cnt", count)
             metrics.log_derived("cider", lambda meters: round(
                 meters["_cider_score_sum"].sum / meters["_cider_cnt"].sum, 3))
+            # how many images were scored, over all workers: the whole validation set, each once
+            metrics.log_derived("scored", lambda meters: int(meters["_cider_cnt"].sum))

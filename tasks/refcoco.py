@@ -126,3 +126,5 @@ class RefcocoTask(OFATask):
                 metrics.log_scalar(key, self.sum_logging_outputs(logging_outputs, key))
             metrics.log_derived("score", lambda m: round(m["_score_sum"].sum / m["_score_cnt"].sum, 4))
             metrics.log_derived("miou", lambda m: round(m["_iou_sum"].sum / m["_score_cnt"].sum, 4))
+            # how many rows were scored, over all workers: the whole validation set, each row once
+            metrics.log_derived("scored", lambda m: int(m["_score_cnt"].sum))

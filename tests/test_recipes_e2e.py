@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
+from ofa_el.tools.make_demo_data import make_demo_data
 
 SMALL_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
                "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
@@ -18,9 +19,8 @@ SMALL_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embe
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_data")
-    subprocess.run([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(out), "--seed", "1",
-                    "--train-images", "8", "--val-images", "6", "--test-images", "5",
-                    "--refcoco-train-images", "16", "--refcoco-eval-images", "6"], check=True, capture_output=True)
+    make_demo_data(str(out), seed=1, train_images=8, val_images=6, test_images=5, refcoco_train_images=16,
+                   refcoco_eval_images=6)
     return out
 
 
