@@ -60,8 +60,9 @@ def ensure_demo_data(data_dir: Path) -> None:
                            "--seed", "0", "--refcoco-train-images", "4000"], cwd=REPO_ROOT)
 
 
-def training_config(recipe_path: Path, data_dir: Path):
-    """The fairseq config ``fairseq-train`` would run for the recipe's demo block on ``data_dir``."""
+def training_config(recipe_path: Path, data_dir: Path, extra: Sequence[str] = ()):
+    """The fairseq config ``fairseq-train`` would run for the recipe's demo block on ``data_dir``
+    (``extra`` appended to its command line, as the launcher appends a user's arguments)."""
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
@@ -69,7 +70,7 @@ def training_config(recipe_path: Path, data_dir: Path):
 
     recipe = load_recipe(recipe_path, demo=True)
     env = dict(os.environ, DATA_DIR=str(data_dir), BPE_DIR=str(data_dir / "bpe"))
-    argv = fairseq_arguments(recipe, env, where=str(recipe_path)) + [f"--user-dir={REPO_ROOT}"]
+    argv = fairseq_arguments(recipe, env, where=str(recipe_path)) + list(extra) + [f"--user-dir={REPO_ROOT}"]
     args = options.parse_args_and_arch(options.get_training_parser(), argv)
     return convert_namespace_to_omegaconf(args)
 

@@ -1,11 +1,17 @@
 """End-to-end training speed: the same model trained with the EL and the CE criterion.
 
-    python benchmarks/e2e_step_time.py --model ofa-demo   [--updates 60] [--rounds 3]
+    python benchmarks/e2e_step_time.py --model ofa-demo --mode steps [--updates 40] [--rounds 3]
+    python benchmarks/e2e_step_time.py --model ofa-demo   [--updates 100] [--rounds 3]
     python benchmarks/e2e_step_time.py --model transformer [--updates 200] [--rounds 3] [--vocab 8000]
 
-Runs fairseq's own training loop (this plugin as ``--user-dir``) twice per round, CE then EL
-(log_end 0.75), and compares the median training wall time per update; EL/CE is what EL costs
-a training run.
+``--mode runs`` (the default) runs fairseq's own training loop (this plugin as ``--user-dir``)
+twice per round, CE then EL (log_end 0.75), and compares the median training time per update;
+EL/CE is what EL costs a training run. On a shared machine whole runs are noisy (one run can
+be 30% off), so ``--mode steps`` (ofa-demo only) measures side by side in one process: two
+fairseq Trainers built from the same recipe and seed, one per criterion, take the same batches
+(loaded beforehand) in alternation, CE/EL order flipped every round, each ``train_step``
+(forward, backward, optimizer step) timed alone; it reports the median step time of each and
+the median of the per-batch EL/CE ratios.
 
 * ``ofa-demo``: the caption demo recipe (configs/caption/stage1_ce.yaml, ``DEMO=1``: the OFA
   architecture at demo size on demo/data), the model and data this project trains. The only
@@ -16,8 +22,8 @@ a training run.
   vocabulary: a stress case where the loss over the vocabulary is a large share of each step.
 """
 import argparse
-import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -38,15 +44,16 @@ def placement(device: str) -> List[str]:
 
 
 def seconds_per_update(cmd: List[str], updates: int) -> float:
-    """Run one training command and read fairseq's ``train_wall`` (training time, no start-up) from its log."""
+    """Run one training command; fairseq's training time (its "done training in X seconds" line: the
+    training loop, start-up excluded, 0.1 s resolution) per update. The logs' ``train_wall`` would be
+    rounded to whole seconds, a few percent of a short run."""
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)}\n" + proc.stdout[-2000:] + proc.stderr[-2000:])
-    records = [json.loads(line[line.index("{"):]) for line in (proc.stdout + proc.stderr).splitlines()
-               if '"train_train_wall"' in line]  # fairseq's end-of-epoch JSON line (--log-format json)
-    if not records:
-        raise RuntimeError(f"no end-of-training line in the log of {shlex.join(cmd)}")
-    return float(records[-1]["train_train_wall"]) / updates
+    found = re.findall(r"done training in ([\d.]+) seconds", proc.stdout + proc.stderr)
+    if not found:
+        raise RuntimeError(f"no 'done training in' line in the log of {shlex.join(cmd)}")
+    return float(found[-1]) / updates
 
 
 def transformer_commands(tmp: Path, args: argparse.Namespace) -> Dict[str, List[str]]:
@@ -69,9 +76,7 @@ def ofa_demo_commands(tmp: Path, args: argparse.Namespace) -> Dict[str, List[str
     from ofa_el.tools.launch import command, load_recipe
 
     data_dir = Path(args.data_dir)
-    if not (data_dir / "caption_stage1_train.tsv").is_file():
-        subprocess.check_call([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(data_dir),
-                               "--seed", "0", "--refcoco-train-images", "0"], cwd=REPO_ROOT)
+    ensure_demo_data(data_dir)
     recipe = load_recipe(REPO_ROOT / "configs" / "caption" / "stage1_ce.yaml", demo=True)
     env = dict(os.environ, DATA_DIR=str(data_dir), BPE_DIR=str(data_dir / "bpe"))
     commands = {}
@@ -91,9 +96,65 @@ def _run_flags(save_dir: Path, updates: int) -> List[str]:
             "--log-format", "json", "--log-interval", str(updates)]
 
 
+def interleaved_step_times(args: argparse.Namespace) -> Dict[str, List[float]]:
+    """Seconds of each timed ``Trainer.train_step`` per criterion, the two trainers alternating on the
+    same batches (see the module docstring)."""
+    import time
+
+    import torch
+    from fairseq import tasks
+    from omegaconf import open_dict
+
+    from data_loading import build_trainer, first_batches, quiet, training_config
+
+    quiet()
+    data_dir = Path(args.data_dir)
+    ensure_demo_data(data_dir)
+    recipe = REPO_ROOT / "configs" / "caption" / "stage1_ce.yaml"
+    extra = ["--code-dict-size", "8192", "--num-bins", "1000"] if args.ofa_vocabulary else []
+    cfgs = {name: training_config(recipe, data_dir, flags + extra) for name, flags in CRITERIA.items()}
+    for cfg in cfgs.values():
+        with open_dict(cfg):
+            cfg.common.cpu = args.device == "cpu"
+            cfg.common.fp16 = args.device == "cuda-fp16"
+    task = tasks.setup_task(cfgs["ce"].task)  # criterion flags are not task flags: one task serves both
+    task.load_dataset("train")
+    trainers = {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(cfg.common.seed)  # the same initial weights
+        trainers[name] = build_trainer(task, cfg)
+    warmup = 3
+    batches = first_batches(task, cfgs["ce"], warmup + args.updates)
+    if len(batches) < warmup + args.updates:
+        raise SystemExit(f"{len(batches)} training batches in {data_dir}, {warmup + args.updates} needed")
+    sync = torch.cuda.synchronize if args.device != "cpu" else (lambda: None)
+    for trainer in trainers.values():  # optimizer state, allocator and oneDNN warm-up
+        for batch in batches[:warmup]:
+            trainer.train_step([batch])
+    times: Dict[str, List[float]] = {name: [] for name in trainers}
+    for round_index in range(args.rounds):
+        order = list(trainers) if round_index % 2 == 0 else list(reversed(list(trainers)))
+        for batch in batches[warmup:]:
+            for name in order:
+                sync()
+                start = time.perf_counter()
+                trainers[name].train_step([batch])
+                sync()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ensure_demo_data(data_dir: Path) -> None:
+    if not (data_dir / "caption_stage1_train.tsv").is_file():
+        subprocess.check_call([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(data_dir),
+                               "--seed", "0", "--refcoco-train-images", "0"], cwd=REPO_ROOT)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["ofa-demo", "transformer"], default="ofa-demo")
+    parser.add_argument("--mode", choices=["runs", "steps"], default="runs",
+                        help="runs: whole fairseq-train runs; steps: interleaved train_steps in one process")
     parser.add_argument("--updates", type=int, default=None, help="updates per run (default: 60 ofa-demo, 200 else)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8000, help="transformer: word types of the synthetic corpus")
@@ -104,7 +165,19 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "cuda-fp16"], default="cpu",
                         help="cuda: float32 on the first GPU; cuda-fp16: fairseq's --fp16 there")
     args = parser.parse_args()
-    args.updates = args.updates or (60 if args.model == "ofa-demo" else 200)
+    if args.mode == "steps":
+        if args.model != "ofa-demo":
+            parser.error("--mode steps measures the ofa-demo model")
+        args.updates = args.updates or 40
+        times = interleaved_step_times(args)
+        ce, el = statistics.median(times["ce"]), statistics.median(times["el"])
+        paired = statistics.median(e / c for c, e in zip(times["ce"], times["el"]))
+        what = "caption demo recipe" + (", OFA's codes and bins in the vocabulary" if args.ofa_vocabulary else "")
+        print(f"ofa-demo on {args.device} ({what}): seconds per train_step, median of {len(times['ce'])} "
+              f"interleaved steps ({args.rounds} rounds of {args.updates} batches): CE {ce:.4f}, EL {el:.4f}; "
+              f"EL/CE = {el / ce:.3f}; median per-batch EL/CE = {paired:.3f}")
+        return
+    args.updates = args.updates or (100 if args.model == "ofa-demo" else 200)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         build = ofa_demo_commands if args.model == "ofa-demo" else transformer_commands
@@ -118,6 +191,7 @@ def main() -> None:
             "caption demo recipe" + (", OFA's codes and bins in the vocabulary" if args.ofa_vocabulary else ""))
     print(f"{args.model} on {args.device} ({what}): seconds per update, median of {args.rounds} alternating runs "
           f"of {args.updates} updates: CE {ce:.4f}, EL {el:.4f}; EL/CE = {el / ce:.3f}")
+    print("EL/CE per round: " + ", ".join(f"{e / c:.3f}" for c, e in zip(times["ce"], times["el"])))
 
 
 if __name__ == "__main__":

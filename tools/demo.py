@@ -6,7 +6,9 @@
    checkpoint by validation CIDEr, evaluates it on the test split (BLEU-4, METEOR, ROUGE-L, CIDEr);
 3. refcoco: trains ``configs/refcoco/refcoco_el.yaml`` (demo variant), keeps the best checkpoint
    by Acc@0.5, evaluates val/testA/testB with bin-restricted decoding and with OFA's unrestricted
-   decoding; ``--all`` (``make demo-all``) adds refcoco+ and refcocog.
+   decoding; ``--all`` (``make demo-all``) adds refcoco+ and refcocog, which start from the
+   refcoco model (the demo's stand-in for OFA's pretrained checkpoint, whose pretraining
+   includes grounding).
 
 Every step runs the same run_scripts a user runs (``DEMO=1``), so the demo exercises the real
 code path. Metrics go to ``demo/metrics.json``; logs to ``demo/logs``.
@@ -26,6 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo"
 #: Grounding is learnt more slowly than captioning: more rows than the generator's default.
 GROUNDING_TRAIN_ROWS = 4000
+#: What each part restores: the part that trains that checkpoint (see the recipes' demo blocks).
+STARTS_FROM = {"refcoco": "caption", "refcocoplus": "refcoco", "refcocog": "refcoco"}
+BEST_CHECKPOINT = {"caption": DEMO / "checkpoints" / "caption_el" / "checkpoint_best.pt",
+                   "refcoco": DEMO / "checkpoints" / "refcoco_el" / "checkpoint_best.pt"}
 GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
                     "refcocog": ["val", "test"]}
 
@@ -102,6 +108,10 @@ def main(argv: List[str] = None) -> None:
     start = time.time()
     ensure_data()
     parts = [args.only] if args.only else ["caption", "refcoco"] + (["refcocoplus", "refcocog"] if args.all else [])
+    while parts[0] in STARTS_FROM and not BEST_CHECKPOINT[STARTS_FROM[parts[0]]].is_file():
+        print(f"{parts[0]} starts from {BEST_CHECKPOINT[STARTS_FROM[parts[0]]].relative_to(REPO_ROOT)}, "
+              f"which is missing: running {STARTS_FROM[parts[0]]} first", flush=True)
+        parts.insert(0, STARTS_FROM[parts[0]])
     metrics_path = DEMO / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     for part in parts:
