@@ -150,8 +150,13 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         return cls(task, **{name: getattr(cfg, name) for name in names})
 
     # ------------------------------------------------------------------ forward
-    def forward(self, model, sample, update_num: int = 0, reduce: bool = True):
-        """Returns (loss, sample_size, logging_output), as every fairseq criterion does."""
+    def forward(self, model, sample, update_num: Optional[int] = None, reduce: bool = True):
+        """Returns (loss, sample_size, logging_output), as every fairseq criterion does.
+
+        ``update_num`` (the updates done) decides when ``--drop-*-after`` has passed. The plugin's tasks pass
+        it, as OFA's do; stock fairseq tasks call ``criterion(model, sample)`` without it, which is fine for
+        validation and for training without token dropping (see ``active_ratios``).
+        """
         if isinstance(sample, list):
             return self._forward_two_views(model, sample, update_num, reduce)
         if self.use_rdrop:
@@ -169,7 +174,7 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         }
         return loss, sample_size, logging_output
 
-    def _forward_two_views(self, model, samples: List[Dict], update_num: int, reduce: bool):
+    def _forward_two_views(self, model, samples: List[Dict], update_num: Optional[int], reduce: bool):
         """OFA's two-view batches: the first view keeps ``sample_patch_num`` patches; per-view means are added."""
         if len(samples) != 2:
             raise ValueError(f"a list batch must hold exactly two views, got {len(samples)}")
@@ -220,15 +225,24 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
             weights = weights.index_select(0, positions)
         return flat_logits, flat_target, support, weights, positions, target.shape
 
-    def active_ratios(self, update_num: int) -> Tuple[float, float]:
-        """Token dropping starts strictly after ``--drop-*-after`` completed updates (OFA's rule)."""
+    def active_ratios(self, update_num: Optional[int], training: bool) -> Tuple[float, float]:
+        """Token dropping starts strictly after ``--drop-*-after`` completed updates (OFA's rule); nothing is
+        dropped without ``update_num`` outside training (validation). Training with a dropping ratio but no
+        ``update_num`` is an error: silently not dropping is what OFA's flags did for drop-best."""
+        if update_num is None:
+            if training and (self.drop_worst_ratio > 0 or self.drop_best_ratio > 0):
+                raise ValueError(
+                    "--drop-worst-ratio/--drop-best-ratio: the task called the criterion without update_num, so "
+                    "--drop-*-after cannot be counted (stock fairseq tasks call criterion(model, sample)); use a "
+                    "task that passes update_num=update_num (this plugin's caption and refcoco do) or no dropping")
+            update_num = 0
         worst = self.drop_worst_ratio if update_num > self.drop_worst_after else 0.0
         best = self.drop_best_ratio if update_num > self.drop_best_after else 0.0
         return worst, best
 
-    def compute_loss(self, model, net_output, sample, update_num: int = 0, reduce: bool = True):
+    def compute_loss(self, model, net_output, sample, update_num: Optional[int] = None, reduce: bool = True):
         logits, target, support, weights, positions, shape = self.flat_tokens(model, net_output, sample)
-        worst, best = self.active_ratios(update_num)
+        worst, best = self.active_ratios(update_num, model.training)
         options = dict(log_end=self.log_end, weights=weights, support=support, drop_worst_ratio=worst,
                        drop_best_ratio=best, rdrop_alpha=self.reg_alpha if self.use_rdrop else None,
                        poly_epsilon=self.poly_epsilon, reduce=reduce)

@@ -5,6 +5,8 @@ split, the others are the training files, rotated per epoch. Unlike OFA, trainin
 shuffled each epoch from ``--seed`` (``--keep-row-order`` restores OFA's file order), and
 invalid rows can be skipped and counted (``--skip-invalid-rows``).
 """
+import functools
+import inspect
 import json
 import logging
 import os
@@ -114,6 +116,13 @@ class OFATask(FairseqTask):
             shuffle=split == "train" and not self.cfg.keep_row_order,
             seed=self.cfg.seed,
         )
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        """Stock fairseq calls ``criterion(model, sample)``; OFA's tasks, and these, pass ``update_num`` too, so
+        that ``--drop-worst-after``/``--drop-best-after`` can take effect (criteria that take it)."""
+        if "update_num" in inspect.signature(criterion.forward).parameters:
+            criterion = functools.partial(criterion, update_num=update_num)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def has_sharded_data(self, split: str) -> bool:
         """Several training files rotate per epoch, so fairseq must reload the train split each epoch."""

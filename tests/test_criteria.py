@@ -109,6 +109,21 @@ def test_drop_ratios_apply_only_after_their_update():
     assert loss.item() == pytest.approx(ref.loss.item(), rel=1e-6)
 
 
+def test_dropping_without_update_num_is_refused_in_training_only():
+    """Stock fairseq tasks call criterion(model, sample): in training that must not silently skip the dropping
+    asked for; in validation (model.eval()) nothing is dropped anyway."""
+    model, sample = TinyModel(), make_sample()
+    crit = criterion(drop_worst_ratio=0.25)
+    with pytest.raises(ValueError, match="--drop-worst-ratio/--drop-best-ratio.*without update_num"):
+        crit(model, sample)
+    model.eval()
+    _, sample_size, _ = crit(model, sample)
+    assert sample_size == sample["ntokens"]  # nothing dropped
+    model.train()
+    _, sample_size, _ = criterion()(model, sample)  # no dropping asked: no update count needed
+    assert sample_size == sample["ntokens"]
+
+
 def test_rdrop_with_drop_worst_keeps_targets_aligned():
     """OFA scrambled targets here; with identical copies the KL is 0 and each copy scores like a single pass."""
     model, sample = TinyModel().eval(), make_sample()

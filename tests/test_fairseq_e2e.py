@@ -15,7 +15,7 @@ TINY_TRANSFORMER = [
 ]
 EL_FLAGS = [
     "--criterion", "adjust_label_smoothed_encouraging_loss", "--log-end", "0.75", "--label-smoothing", "0.1",
-    "--drop-best-ratio", "0.05", "--drop-best-after", "0", "--report-accuracy",
+    "--report-accuracy",
 ]
 
 
@@ -101,3 +101,11 @@ def test_user_dir_and_installed_package_are_one_plugin():
     utils.import_user_module(argparse.Namespace(user_dir=str(REPO_ROOT)))
     assert sys.modules[REPO_ROOT.name] is ofa_el
     assert dict(CRITERION_REGISTRY) == before
+
+
+def test_token_dropping_under_a_task_without_update_num_is_an_error(data_dir, tmp_path, subprocess_env):
+    """Stock fairseq tasks call criterion(model, sample): --drop-*-after cannot be counted there, so asking for
+    dropping stops at the first update instead of silently training without it."""
+    cmd = train_cmd(data_dir, tmp_path / "ckpt", 2) + ["--drop-best-ratio", "0.05"]
+    out = run(cmd, tmp_path, subprocess_env, expect_ok=False)
+    assert "--drop-worst-ratio/--drop-best-ratio: the task called the criterion without update_num" in out

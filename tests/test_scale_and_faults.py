@@ -141,6 +141,11 @@ def test_token_dropping_is_per_worker_micro_batch(data, tmp_path):
     for a, b in zip(logs_two, logs_one):
         assert a == pytest.approx(b, abs=2e-3)
     assert max_weight_difference(tmp_path / "two", tmp_path / "one") < 1e-4
+    # the dropping really acts in training (from update 2 on: strictly after --drop-worst-after 0)
+    no_drop = launch(data, tmp_path / "no_drop", {"NPROC_PER_NODE": "2"}, *common, "--drop-worst-ratio", "0")
+    logs_no_drop = inner_logs(no_drop)
+    assert logs_no_drop[0] == pytest.approx(logs_two[0], abs=2e-3)  # update 1: nothing dropped yet
+    assert abs(logs_no_drop[1][0] - logs_two[1][0]) > 0.05  # dropping the worst 30% lowers the loss a lot
 
 
 def checkpoint_files(save: Path):

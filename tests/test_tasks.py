@@ -45,6 +45,40 @@ def test_caption_batches_reshuffle_per_epoch(demo_data):
     assert sample["net_input"]["patch_images"].shape == (4, 3, 48, 48)
 
 
+def test_train_step_passes_the_update_count_to_criteria_that_take_it(demo_data):
+    """Stock fairseq's train_step calls criterion(model, sample); without the count, --drop-*-after could never
+    pass. Criteria without an update_num parameter are called as fairseq calls them."""
+    task, _ = setup("caption", demo_data, ["caption_stage1_train.tsv", "caption_val.tsv"])
+    seen = []
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(2))
+
+        def set_num_updates(self, num_updates):  # fairseq's train_step tells the model too
+            pass
+
+    class Counting(torch.nn.Module):
+        def forward(self, model, sample, update_num=None, reduce=True):
+            seen.append(update_num)
+            return model.weight.sum(), 1, {}
+
+    class Plain(torch.nn.Module):
+        def forward(self, model, sample):
+            seen.append("plain")
+            return model.weight.sum(), 1, {}
+
+    class Optimizer:
+        def backward(self, loss):
+            loss.backward()
+
+    model = Model()
+    task.train_step({}, model, Counting(), Optimizer(), update_num=7)
+    task.train_step({}, model, Plain(), Optimizer(), update_num=8)
+    assert seen == [7, "plain"] and model.weight.grad.tolist() == [2.0, 2.0]
+
+
 def test_caption_keep_row_order_reads_the_file_in_order(demo_data):
     task, _ = setup("caption", demo_data, ["caption_stage1_train.tsv", "caption_val.tsv"], "--keep-row-order")
     task.load_dataset("train")
