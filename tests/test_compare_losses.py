@@ -138,7 +138,8 @@ def make_work(tmp_path):
         (run / "eval" / "metrics.json").write_text(json.dumps(
             {"caption_test": {"CIDEr": cider[-1] + 0.01, "Bleu_4": 0.4, "METEOR": 0.3, "ROUGE_L": 0.7}}))
         (run / "run.json").write_text(json.dumps({"train_s": 100.0 + seed, "eval_s": 20.0,
-                                                  "compare_command": "python -m ofa_el.tools.compare_losses"}))
+                                                  "compare_command": "python -m ofa_el.tools.compare_losses",
+                                                  "git_rev": "abc123" if seed == 1 else "def456"}))
     return work
 
 
@@ -166,6 +167,7 @@ def test_from_logs_writes_json_markdown_and_plot(tmp_path):
     text = (out / "compare.md").read_text()
     assert "| el0.75 | 0.850 ± 0.071 |" in text  # the criterion x task table
     assert "--from-logs" in text and saved["meta"]["git_rev"] in text
+    assert "* 2 runs trained at `abc123`" in text and "* 2 runs trained at `def456`" in text  # seed 1 / seed 2
     assert (out / "compare_caption_val.png").stat().st_size > 1000
     with pytest.raises(cl.LogError, match="no <task>/<criterion>/seed<s>/train.log"):
         cl.main(["--from-logs", "--tasks", "refcoco", "--work-dir", str(work), "--out", str(out)])

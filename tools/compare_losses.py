@@ -55,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +318,8 @@ def write_markdown(results: Mapping[str, Any], path: Path, tasks: Mapping[str, T
              f"* results written by: `{meta['command']}` at `{meta['git_rev']}`"]
     for command in meta.get("trained_by", []):
         lines.append(f"* runs trained by: `{command}`")
+    for rev, count in meta.get("trained_at", {}).items():
+        lines.append(f"* {count} run{'s' if count != 1 else ''} trained at `{rev}`")
     for task, sizes in meta.get("sizes", {}).items():
         lines.append(f"* {task}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
     lines += ["", "## Best validation metric (criterion x task)", "",
@@ -614,7 +617,9 @@ def git_revision() -> str:
 def write_results(runs: List[RunId], work: Path, out: Path, meta: Dict[str, Any]) -> Dict[str, Any]:
     """Read every run's log and evaluation, then write compare.json, compare.md and one plot per task."""
     summaries = [collect_run(run, work) for run in runs]
-    meta = dict(meta, trained_by=sorted({s["compare_command"] for s in summaries if s.get("compare_command")}))
+    trained_at = Counter(s["git_rev"] for s in summaries if s.get("git_rev"))
+    meta = dict(meta, trained_by=sorted({s["compare_command"] for s in summaries if s.get("compare_command")}),
+                trained_at=dict(sorted(trained_at.items())))
     results = {"meta": meta, "runs": summaries, "aggregates": aggregate_runs(summaries)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(results, indent=2) + "\n")
