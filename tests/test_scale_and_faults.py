@@ -78,6 +78,23 @@ def max_weight_difference(save_a: Path, save_b: Path) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in weights)
 
 
+TRAIN_METRICS = ("loss", "nll_loss", "p_target", "bonus")
+
+
+def train_meters(save: Path) -> dict:
+    """Unrounded training metrics fairseq keeps in the last checkpoint's ``train`` aggregator: for each metric, the
+    value of the last update and the token-weighted mean over every update of the run (the logs round both)."""
+    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)["extra_state"]
+    meters = {name: meter for _, name, _, meter in state["metrics"]["train"]}
+    return {name: (meters[name]["val"], meters[name]["sum"] / meters[name]["count"]) for name in TRAIN_METRICS}
+
+
+def assert_same_training_metrics(save_a: Path, save_b: Path, tolerance: float = 1e-4) -> None:
+    a, b = train_meters(save_a), train_meters(save_b)
+    for name in TRAIN_METRICS:
+        assert a[name] == pytest.approx(b[name], abs=tolerance), name
+
+
 def valid_cider(output: str) -> float:
     return float(re.findall(r"\| cider ([\d.]+)", output)[-1])
 
@@ -95,8 +112,11 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(data, tmp_path):
     assert len(logs_two) == len(logs_one) == updates
     for a, b in zip(logs_two, logs_one):
         assert a == pytest.approx(b, abs=2e-3)  # the logs are rounded to 3-4 decimals
-    # unrounded: after the same updates both runs hold the same weights, to 1e-4 (float32 sums in another
-    # order; Adam's normalisation magnifies it where gradients are ~0). Each update moves weights by up to lr.
+    # unrounded (fairseq's meters in the checkpoint): the last update's loss, nll_loss, p_target and bonus and
+    # their means over all updates agree to 1e-4
+    assert_same_training_metrics(tmp_path / "two", tmp_path / "one")
+    # after the same updates both runs hold the same weights, to 1e-4 (float32 sums in another order; Adam's
+    # normalisation magnifies it where gradients are ~0). Each update moves weights by up to lr.
     assert max_weight_difference(tmp_path / "two", tmp_path / "one") < 1e-4
     # 5 validation images on 2 workers (3 + 2): every image is scored once, as in one process
     assert valid_cider(two) == pytest.approx(valid_cider(one), abs=1e-3)
@@ -140,12 +160,14 @@ def test_token_dropping_is_per_worker_micro_batch(data, tmp_path):
     assert len(logs_two) == len(logs_one) == updates
     for a, b in zip(logs_two, logs_one):
         assert a == pytest.approx(b, abs=2e-3)
+    assert_same_training_metrics(tmp_path / "two", tmp_path / "one")
     assert max_weight_difference(tmp_path / "two", tmp_path / "one") < 1e-4
     # the dropping really acts in training (from update 2 on: strictly after --drop-worst-after 0)
     no_drop = launch(data, tmp_path / "no_drop", {"NPROC_PER_NODE": "2"}, *common, "--drop-worst-ratio", "0")
     logs_no_drop = inner_logs(no_drop)
     assert logs_no_drop[0] == pytest.approx(logs_two[0], abs=2e-3)  # update 1: nothing dropped yet
     assert abs(logs_no_drop[1][0] - logs_two[1][0]) > 0.05  # dropping the worst 30% lowers the loss a lot
+    assert abs(train_meters(tmp_path / "no_drop")["loss"][1] - train_meters(tmp_path / "two")["loss"][1]) > 0.02
 
 
 def checkpoint_files(save: Path):
