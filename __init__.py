@@ -27,6 +27,18 @@ def _reuse_copy_loaded_under_another_name() -> bool:
     return False
 
 
+def claim_folder_name() -> None:
+    """Make fairseq's ``--user-dir <this folder>`` find this already-loaded package.
+
+    fairseq imports a user-dir as ``import <folder name>``, which fails for a folder whose name holds a dot (a clone in
+    ``/tmp/tmp.Ab3.x``, ``ofa-el-0.1``) and loads a second copy otherwise. The plugin's entry points, which run as
+    ``python -m ofa_el.tools...``, call this before fairseq reads ``--user-dir``; a name already taken by another
+    module is left alone."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
+    if folder != __name__:
+        sys.modules.setdefault(folder, sys.modules[__name__])
+
+
 if not _reuse_copy_loaded_under_another_name():
     try:
         import fairseq  # noqa: F401

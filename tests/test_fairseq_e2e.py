@@ -103,6 +103,34 @@ def test_user_dir_and_installed_package_are_one_plugin():
     assert dict(CRITERION_REGISTRY) == before
 
 
+def test_plugin_folder_with_a_dot_in_its_name_loads(tmp_path, monkeypatch):
+    """fairseq imports --user-dir as ``import <folder name>``, which fails for ``/tmp/tmp.Ab3``-like clones; the entry
+    points' claim_folder_name() makes fairseq find the loaded plugin instead."""
+    import argparse
+    import sys
+
+    import ofa_el
+    from fairseq import utils
+    from fairseq.criterions import CRITERION_REGISTRY
+
+    def fake_clone(name):
+        folder = tmp_path / name
+        folder.mkdir()
+        return folder
+
+    unclaimed = fake_clone("clone.a1")
+    with pytest.raises(ModuleNotFoundError):  # stock fairseq on such a folder
+        utils.import_user_module(argparse.Namespace(user_dir=str(unclaimed)))
+    claimed = fake_clone("clone.b2")
+    monkeypatch.setattr(ofa_el, "__file__", str(claimed / "__init__.py"))  # as if ofa_el lived in the clone
+    monkeypatch.setattr(ofa_el, "__path__", [str(claimed)])
+    monkeypatch.delitem(sys.modules, "clone.b2", raising=False)
+    before = dict(CRITERION_REGISTRY)
+    ofa_el.claim_folder_name()
+    utils.import_user_module(argparse.Namespace(user_dir=str(claimed)))
+    assert sys.modules["clone.b2"] is ofa_el and dict(CRITERION_REGISTRY) == before
+
+
 def test_token_dropping_under_a_task_without_update_num_is_an_error(data_dir, tmp_path, subprocess_env):
     """Stock fairseq tasks call criterion(model, sample): --drop-*-after cannot be counted there, so asking for
     dropping stops at the first update instead of silently training without it."""

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from .. import claim_folder_name
+
 logger = logging.getLogger("ofa_el.evaluate")
 
 
@@ -125,6 +127,7 @@ def write_json(args, path: str, predictions: List[Dict[str, Any]]) -> None:
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
     args = parse_args(argv)
+    claim_folder_name()  # the checkpoint's --user-dir names this folder
     paths = [p for p in args.data.split(",") if p]
     for path in paths + [args.path]:
         if not os.path.isfile(path):

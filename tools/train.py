@@ -103,6 +103,9 @@ def resume_or_restore(argv: List[str], log=print) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> None:
     from fairseq_cli import train
 
+    from .. import claim_folder_name
+
+    claim_folder_name()
     argv = with_user_dir(list(sys.argv[1:] if argv is None else argv))
     try:
         argv = resume_or_restore(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
