@@ -5,6 +5,7 @@ import shlex
 import statistics
 
 import pytest
+from scipy import stats as scipy_stats
 
 from conftest import REPO_ROOT
 from ofa_el.tools import compare_losses as cl
@@ -156,6 +157,19 @@ def test_aggregate_runs_over_seeds(tmp_path):
     assert math.isclose(agg["ce"]["train_loss"]["mean"], 2.1)
     assert math.isclose(agg["ce"]["wall_s"]["mean"], 121.5)
     assert [round(v, 6) for v in agg["ce"]["curves"]["cider"]["mean"]] == [0.15, 0.4, 0.45]
+    against = agg["el0.75"]["against_baseline"]
+    assert "against_baseline" not in agg["ce"]
+    assert math.isclose(against["best_val"]["diff"], 0.85 - 0.55)
+    # Welch's t by hand: both samples have variance 0.005, so t = 0.3 / sqrt(0.005/2 + 0.005/2), df = 2
+    assert math.isclose(against["best_val"]["p"], 2 * (1 - scipy_stats.t.cdf(0.3 / 0.07071067811865475, 2)))
+
+
+def test_welch_against_needs_two_values_a_side_and_some_spread():
+    assert cl.welch_against([1.0, 2.0], [0.5]) == {"diff": 1.0, "p": None}
+    assert cl.welch_against([1.0, 1.0], [2.0, 2.0]) == {"diff": -1.0, "p": None}
+    assert cl.welch_against([None], [1.0, 2.0]) == {"diff": None, "p": None}
+    same = cl.welch_against([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert same["diff"] == 0.0 and math.isclose(same["p"], 1.0)
 
 
 def test_from_logs_writes_json_markdown_and_plot(tmp_path):
@@ -166,6 +180,7 @@ def test_from_logs_writes_json_markdown_and_plot(tmp_path):
     assert len(saved["runs"]) == 4 and saved["aggregates"] == json.loads(json.dumps(results["aggregates"]))
     text = (out / "compare.md").read_text()
     assert "| el0.75 | 0.850 ± 0.071 |" in text  # the criterion x task table
+    assert "| el0.75 | +0.300 (p 0.05) |" in text  # against ce: best val cider, then test CIDEr, BLEU-4
     assert "--from-logs" in text and saved["meta"]["git_rev"] in text
     assert "* 2 runs trained at `abc123`" in text and "* 2 runs trained at `def456`" in text  # seed 1 / seed 2
     assert (out / "compare_caption_val.png").stat().st_size > 1000

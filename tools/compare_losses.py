@@ -88,6 +88,7 @@ CRITERIA: Dict[str, Criterion] = {c.name: c for c in (
     Criterion("poly1", "ce", ("--criterion=adjust_label_smoothed_poly1_cross_entropy", "--poly-epsilon=1.0")),
 )}
 QUICK_CRITERIA = ("ce", "el0.75")
+BASELINE = "ce"  # the criterion every other is tested against
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,21 @@ def aggregate(values: Iterable[Optional[float]]) -> Dict[str, Optional[float]]:
             "min": min(present), "max": max(present)}
 
 
+def welch_against(values: Sequence[Optional[float]], baseline: Sequence[Optional[float]]) -> Dict[str, Any]:
+    """Difference of means and Welch's two-sided t-test p-value (unequal variances): is a criterion's difference
+    from the baseline larger than the seeds' spread? p is None with fewer than two values a side or no spread."""
+    a = [float(v) for v in values if v is not None]
+    b = [float(v) for v in baseline if v is not None]
+    if not a or not b:
+        return {"diff": None, "p": None}
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2 or (statistics.variance(a) == 0 and statistics.variance(b) == 0):
+        return {"diff": diff, "p": None}
+    from scipy import stats
+
+    return {"diff": diff, "p": float(stats.ttest_ind(a, b, equal_var=False).pvalue)}
+
+
 def aggregate_curves(curves: Sequence[Mapping[str, Sequence[float]]], metric: str) -> Dict[str, List[float]]:
     """Mean, min and max of a validation metric over seeds, at the num_updates every seed validated at."""
     if not curves:
@@ -295,6 +311,16 @@ def aggregate_runs(runs: Sequence[Mapping[str, Any]], tasks: Mapping[str, TaskSp
             entry["curves"] = {name: aggregate_curves([r["curve"] for r in members], name)
                                for name in spec.val_metrics}
             out[task][criterion] = entry
+        baseline = by_criterion.get(BASELINE)
+        if baseline is None:
+            continue
+        compared = [("best_val", lambda r: r.get("best_val"))] + [
+            (label, lambda r, label=label: (r.get("test") or {}).get(label)) for _, _, label in spec.test_metrics]
+        for criterion, members in by_criterion.items():
+            if criterion != BASELINE:
+                out[task][criterion]["against_baseline"] = {
+                    name: welch_against([get(r) for r in members], [get(r) for r in baseline])
+                    for name, get in compared}
     return out
 
 
@@ -306,6 +332,13 @@ def _fmt(stats: Mapping[str, Optional[float]], digits: int = 3) -> str:
     if stats.get("std") is not None:
         text += f" ± {stats['std']:.{digits}f}"
     return text
+
+
+def _fmt_against(test: Mapping[str, Optional[float]]) -> str:
+    if test.get("diff") is None:
+        return "–"
+    p = "–" if test.get("p") is None else f"{test['p']:.2f}"
+    return f"{test['diff']:+.3f} (p {p})"
 
 
 def write_markdown(results: Mapping[str, Any], path: Path, tasks: Mapping[str, TaskSpec] = TASKS) -> Path:
@@ -343,6 +376,16 @@ def write_markdown(results: Mapping[str, Any], path: Path, tasks: Mapping[str, T
             cells += [_fmt(entry["train_loss"]), _fmt(entry["train_nll_loss"]), _fmt(entry["train_p_target"]),
                       _fmt(entry["train_past_log_end"]), _fmt(entry["wall_s"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
+        compared = [c for c, e in by_criterion.items() if "against_baseline" in e]
+        if compared:
+            names = list(by_criterion[compared[0]]["against_baseline"])
+            labels = [f"best val {spec.metric}" if n == "best_val" else n for n in names]
+            lines += ["", f"Against `{BASELINE}`: difference of means (Welch's t-test p-value over seeds; `–` with "
+                      "fewer than two seeds a side).", "", "| criterion | " + " | ".join(labels) + " |",
+                      "|" + "---|" * (len(labels) + 1)]
+            for criterion in compared:
+                tests = by_criterion[criterion]["against_baseline"]
+                lines.append(f"| {criterion} | " + " | ".join(_fmt_against(tests[n]) for n in names) + " |")
         lines += ["", f"![{task} validation](compare_{task}_val.png)"]
     lines += ["", "train loss, nll_loss, p_target and the share of tokens past log_end are those of the last logged "
               "training window. The loss includes each criterion's own terms (EL's bonus is negative), so compare "
