@@ -66,8 +66,10 @@ def training_config(recipe_path: Path, data_dir: Path, extra: Sequence[str] = ()
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    from ofa_el import claim_folder_name
     from ofa_el.tools.launch import fairseq_arguments, load_recipe
 
+    claim_folder_name()  # fairseq imports --user-dir by folder name
     recipe = load_recipe(recipe_path, demo=True)
     env = dict(os.environ, DATA_DIR=str(data_dir), BPE_DIR=str(data_dir / "bpe"))
     argv = fairseq_arguments(recipe, env, where=str(recipe_path)) + list(extra) + [f"--user-dir={REPO_ROOT}"]

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import REPO_ROOT, venv_bin
+from conftest import REPO_ROOT, needs_importable_folder, venv_bin
 from ofa_el.tools.sequence_demo import binarize, write_reverse_corpus
 
 TINY_TRANSFORMER = [
@@ -51,6 +51,7 @@ def train_cmd(data_dir, save_dir, max_update):
             "--no-epoch-checkpoints", "--num-workers", "0", "--seed", "1"]
 
 
+@needs_importable_folder
 def test_train_resume_generate(data_dir, tmp_path, subprocess_env):
     save_dir = tmp_path / "ckpt"
     out = run(train_cmd(data_dir, save_dir, 20), tmp_path, subprocess_env)
@@ -79,6 +80,7 @@ def test_train_resume_generate(data_dir, tmp_path, subprocess_env):
     assert "argparse.Namespace" in bare or "weights_only" in bare.replace(" ", "_").lower()
 
 
+@needs_importable_folder
 def test_hydra_train_from_config(data_dir, tmp_path, subprocess_env):
     cmd = [venv_bin("fairseq-hydra-train"), "--config-dir", str(REPO_ROOT / "configs" / "reverse_demo"),
            "--config-name", "el", f"task.data={data_dir}", f"common.user_dir={REPO_ROOT}",
@@ -88,6 +90,7 @@ def test_hydra_train_from_config(data_dir, tmp_path, subprocess_env):
     assert (tmp_path / "ckpt" / "checkpoint_last.pt").is_file()
 
 
+@needs_importable_folder
 def test_user_dir_and_installed_package_are_one_plugin():
     """fairseq's user-dir import (under the folder's name) reuses an already imported ofa_el."""
     import argparse
@@ -131,6 +134,7 @@ def test_plugin_folder_with_a_dot_in_its_name_loads(tmp_path, monkeypatch):
     assert sys.modules["clone.b2"] is ofa_el and dict(CRITERION_REGISTRY) == before
 
 
+@needs_importable_folder
 def test_token_dropping_under_a_task_without_update_num_is_an_error(data_dir, tmp_path, subprocess_env):
     """Stock fairseq tasks call criterion(model, sample): --drop-*-after cannot be counted there, so asking for
     dropping stops at the first update instead of silently training without it."""
