@@ -52,12 +52,14 @@ RECIPES = {
 }
 
 
-def ensure_demo_data(data_dir: Path) -> None:
-    """Write the demo data set (as ``make demo`` does) when its training files are missing."""
-    if (data_dir / "caption_stage1_train.tsv").is_file() and (data_dir / "refcoco_train.tsv").is_file():
+def ensure_demo_data(data_dir: Path, grounding: bool = True) -> None:
+    """Write the demo data set (as ``make demo`` does) when its training files are missing; without
+    ``grounding``, only the caption files are needed (and no refcoco training rows are written)."""
+    needed = ["caption_stage1_train.tsv"] + (["refcoco_train.tsv"] if grounding else [])
+    if all((data_dir / name).is_file() for name in needed):
         return
     subprocess.check_call([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(data_dir),
-                           "--seed", "0", "--refcoco-train-images", "4000"], cwd=REPO_ROOT)
+                           "--seed", "0", "--refcoco-train-images", "4000" if grounding else "0"], cwd=REPO_ROOT)
 
 
 def training_config(recipe_path: Path, data_dir: Path, extra: Sequence[str] = ()):

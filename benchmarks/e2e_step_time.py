@@ -73,10 +73,12 @@ def transformer_commands(tmp: Path, args: argparse.Namespace) -> Dict[str, List[
 
 
 def ofa_demo_commands(tmp: Path, args: argparse.Namespace) -> Dict[str, List[str]]:
+    from data_loading import ensure_demo_data
+
     from ofa_el.tools.launch import command, load_recipe
 
     data_dir = Path(args.data_dir)
-    ensure_demo_data(data_dir)
+    ensure_demo_data(data_dir, grounding=False)
     recipe = load_recipe(REPO_ROOT / "configs" / "caption" / "stage1_ce.yaml", demo=True)
     env = dict(os.environ, DATA_DIR=str(data_dir), BPE_DIR=str(data_dir / "bpe"))
     commands = {}
@@ -105,11 +107,11 @@ def interleaved_step_times(args: argparse.Namespace) -> Dict[str, List[float]]:
     from fairseq import tasks
     from omegaconf import open_dict
 
-    from data_loading import build_trainer, first_batches, quiet, training_config
+    from data_loading import build_trainer, ensure_demo_data, first_batches, quiet, training_config
 
     quiet()
     data_dir = Path(args.data_dir)
-    ensure_demo_data(data_dir)
+    ensure_demo_data(data_dir, grounding=False)
     recipe = REPO_ROOT / "configs" / "caption" / "stage1_ce.yaml"
     extra = ["--code-dict-size", "8192", "--num-bins", "1000"] if args.ofa_vocabulary else []
     cfgs = {name: training_config(recipe, data_dir, flags + extra) for name, flags in CRITERIA.items()}
@@ -144,12 +146,6 @@ def interleaved_step_times(args: argparse.Namespace) -> Dict[str, List[float]]:
     return times
 
 
-def ensure_demo_data(data_dir: Path) -> None:
-    if not (data_dir / "caption_stage1_train.tsv").is_file():
-        subprocess.check_call([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(data_dir),
-                               "--seed", "0", "--refcoco-train-images", "0"], cwd=REPO_ROOT)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["ofa-demo", "transformer"], default="ofa-demo")
@@ -165,6 +161,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda", "cuda-fp16"], default="cpu",
                         help="cuda: float32 on the first GPU; cuda-fp16: fairseq's --fp16 there")
     args = parser.parse_args()
+    what = (f"vocabulary ~{args.vocab}" if args.model == "transformer" else
+            "caption demo recipe" + (", OFA's codes and bins in the vocabulary" if args.ofa_vocabulary else ""))
     if args.mode == "steps":
         if args.model != "ofa-demo":
             parser.error("--mode steps measures the ofa-demo model")
@@ -172,7 +170,6 @@ def main() -> None:
         times = interleaved_step_times(args)
         ce, el = statistics.median(times["ce"]), statistics.median(times["el"])
         paired = statistics.median(e / c for c, e in zip(times["ce"], times["el"]))
-        what = "caption demo recipe" + (", OFA's codes and bins in the vocabulary" if args.ofa_vocabulary else "")
         print(f"ofa-demo on {args.device} ({what}): seconds per train_step, median of {len(times['ce'])} "
               f"interleaved steps ({args.rounds} rounds of {args.updates} batches): CE {ce:.4f}, EL {el:.4f}; "
               f"EL/CE = {el / ce:.3f}; median per-batch EL/CE = {paired:.3f}")
@@ -187,8 +184,6 @@ def main() -> None:
             for name, cmd in commands.items():
                 times[name].append(seconds_per_update(cmd, args.updates))
     ce, el = statistics.median(times["ce"]), statistics.median(times["el"])
-    what = (f"vocabulary ~{args.vocab}" if args.model == "transformer" else
-            "caption demo recipe" + (", OFA's codes and bins in the vocabulary" if args.ofa_vocabulary else ""))
     print(f"{args.model} on {args.device} ({what}): seconds per update, median of {args.rounds} alternating runs "
           f"of {args.updates} updates: CE {ce:.4f}, EL {el:.4f}; EL/CE = {el / ce:.3f}")
     print("EL/CE per round: " + ", ".join(f"{e / c:.3f}" for c, e in zip(times["ce"], times["el"])))

@@ -59,6 +59,12 @@ class OFATaskConfig(FairseqDataclass):
     seed: int = II("common.seed")
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_update_num(forward) -> bool:
+    """Whether a criterion's forward accepts ``update_num`` (asked once per criterion class, not per step)."""
+    return "update_num" in inspect.signature(forward).parameters
+
+
 class OFATask(FairseqTask):
     """What caption and refcoco share; subclasses build their dataset and validation metric."""
 
@@ -120,7 +126,7 @@ class OFATask(FairseqTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         """Stock fairseq calls ``criterion(model, sample)``; OFA's tasks, and these, pass ``update_num`` too, so
         that ``--drop-worst-after``/``--drop-best-after`` can take effect (criteria that take it)."""
-        if "update_num" in inspect.signature(criterion.forward).parameters:
+        if _takes_update_num(type(criterion).forward):
             criterion = functools.partial(criterion, update_num=update_num)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 

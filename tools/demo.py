@@ -22,18 +22,36 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+from .launch import expand, load_recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo"
 #: Grounding is learnt more slowly than captioning: more rows than the generator's default.
 GROUNDING_TRAIN_ROWS = 4000
-#: What each part restores: the part that trains that checkpoint (see the recipes' demo blocks).
-STARTS_FROM = {"refcoco": "caption", "refcocoplus": "refcoco", "refcocog": "refcoco"}
-BEST_CHECKPOINT = {"caption": DEMO / "checkpoints" / "caption_el" / "checkpoint_best.pt",
-                   "refcoco": DEMO / "checkpoints" / "refcoco_el" / "checkpoint_best.pt"}
+#: The recipe each part trains (its demo block says where it saves and what it restores).
+PART_RECIPES = {"caption": "caption/stage1_el.yaml", "refcoco": "refcoco/refcoco_el.yaml",
+                "refcocoplus": "refcoco/refcocoplus_el.yaml", "refcocog": "refcoco/refcocog_el.yaml"}
 GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
                     "refcocog": ["val", "test"]}
+
+
+def demo_path(part: str, name: str) -> Optional[Path]:
+    """The path the part's recipe gives ``$name`` (SAVE_DIR, RESTORE_FILE) in its demo variant; None if unset."""
+    recipe_path = REPO_ROOT / "configs" / PART_RECIPES[part]
+    defaults = load_recipe(recipe_path, demo=True).get("env") or {}
+    return Path(expand(f"${{{name}}}", {}, defaults, str(recipe_path))) if name in defaults else None
+
+
+def best_checkpoint(part: str) -> Path:
+    return demo_path(part, "SAVE_DIR") / "checkpoint_best.pt"
+
+
+def starts_from(part: str) -> Optional[str]:
+    """The part whose best checkpoint this part's demo restores (None: it restores nothing a part trains)."""
+    restore = demo_path(part, "RESTORE_FILE")
+    return next((other for other in PART_RECIPES if other != part and best_checkpoint(other) == restore), None)
 
 
 def run(script: str, log: Path, env: Dict[str, str], *extra: str) -> None:
@@ -72,7 +90,7 @@ def grounding(set_name: str) -> Dict[str, Dict[str, Dict[str, float]]]:
     start = time.time()
     recipe = {"refcoco": "train_refcoco_el.sh", "refcocoplus": "train_refcocoplus_el.sh",
               "refcocog": "train_refcocog_el.sh"}[set_name]
-    checkpoint = DEMO / "checkpoints" / f"{set_name}_el" / "checkpoint_best.pt"
+    checkpoint = best_checkpoint(set_name)
     print(f"{set_name}: training the demo model with EL ...", flush=True)
     run(f"refcoco/{recipe}", DEMO / "logs" / f"{set_name}_train.log", {})
     results = {}
@@ -108,10 +126,11 @@ def main(argv: List[str] = None) -> None:
     start = time.time()
     ensure_data()
     parts = [args.only] if args.only else ["caption", "refcoco"] + (["refcocoplus", "refcocog"] if args.all else [])
-    while parts[0] in STARTS_FROM and not BEST_CHECKPOINT[STARTS_FROM[parts[0]]].is_file():
-        print(f"{parts[0]} starts from {BEST_CHECKPOINT[STARTS_FROM[parts[0]]].relative_to(REPO_ROOT)}, "
-              f"which is missing: running {STARTS_FROM[parts[0]]} first", flush=True)
-        parts.insert(0, STARTS_FROM[parts[0]])
+    while starts_from(parts[0]) and not best_checkpoint(starts_from(parts[0])).is_file():
+        source = starts_from(parts[0])
+        print(f"{parts[0]} starts from {best_checkpoint(source).relative_to(REPO_ROOT)}, which is missing: "
+              f"running {source} first", flush=True)
+        parts.insert(0, source)
     metrics_path = DEMO / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     for part in parts:
