@@ -151,7 +151,8 @@ def main() -> None:
     parser.add_argument("--model", choices=["ofa-demo", "transformer"], default="ofa-demo")
     parser.add_argument("--mode", choices=["runs", "steps"], default="runs",
                         help="runs: whole fairseq-train runs; steps: interleaved train_steps in one process")
-    parser.add_argument("--updates", type=int, default=None, help="updates per run (default: 60 ofa-demo, 200 else)")
+    parser.add_argument("--updates", type=int, default=None,
+                        help="updates per run (default: 100 ofa-demo, 200 transformer; --mode steps: 40 per round)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=8000, help="transformer: word types of the synthetic corpus")
     parser.add_argument("--ofa-vocabulary", action="store_true",
