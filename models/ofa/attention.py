@@ -15,11 +15,15 @@ class OFAAttention(nn.Module):
 
     ``attn_bias`` is ``[B * H, T_q, T_k]`` (absolute + relative position bias). For decoding, keys
     and values of previous steps (self-attention) or of the encoder (``static_kv``) are cached.
+    ``cross_attention`` marks the decoder's attention over the encoder: its cached keys and values
+    are the same for every beam of a sentence, so beam search need not reorder them (see
+    :meth:`reorder_incremental_state`).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, scale_factor: float = 2.0,
-                 scale_heads: bool = False, kdim: Optional[int] = None):
+                 scale_heads: bool = False, kdim: Optional[int] = None, cross_attention: bool = False):
         super().__init__()
+        self.cross_attention = cross_attention
         if embed_dim % num_heads:
             raise ValueError(f"embed dim {embed_dim} is not divisible by the {num_heads} attention heads")
         self.embed_dim, self.num_heads = embed_dim, num_heads
@@ -68,8 +72,16 @@ class OFAAttention(nn.Module):
         return self.out_proj(out), None
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
-        """Follow the beam search's reordering of hypotheses."""
+        """Follow the beam search's reordering of hypotheses.
+
+        While the batch keeps its size, beam search only permutes the beams of each sentence, and the
+        encoder's keys and values are identical across those beams: cross-attention skips that copy
+        (as fairseq's attention does). When finished sentences leave the batch (``new_order`` is
+        shorter), the rows must be selected.
+        """
         saved = self._get_input_buffer(incremental_state)
+        if saved and self.cross_attention and saved["prev_key"].size(0) == new_order.size(0):
+            return
         if saved:
             self._set_input_buffer(incremental_state, {name: value.index_select(0, new_order)
                                                        for name, value in saved.items() if value is not None})

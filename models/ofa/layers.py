@@ -77,7 +77,7 @@ class OFADecoderLayer(nn.Module, _FeedForward):
         self.normalize_before = args.decoder_normalize_before
         self.self_attn_layer_norm = LayerNorm(dim)
         self.encoder_attn = OFAAttention(dim, heads, args.attention_dropout, args.attn_scale_factor, scale_heads,
-                                         kdim=args.encoder_embed_dim)
+                                         kdim=args.encoder_embed_dim, cross_attention=True)
         self.encoder_attn_layer_norm = LayerNorm(dim)
         self.build_feed_forward(args, dim, args.decoder_ffn_embed_dim)
         self.fc1 = nn.Linear(dim, args.decoder_ffn_embed_dim)
