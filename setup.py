@@ -10,7 +10,8 @@ import os
 from setuptools import find_packages, setup
 
 #: Directories at the root that are not part of the importable package.
-NOT_INSTALLED = ["tests", "tests.*", "benchmarks", "benchmarks.*", "build", "build.*"]
+NOT_INSTALLED = ["tests", "tests.*", "benchmarks", "benchmarks.*", "experiments", "experiments.*", "build",
+                 "build.*"]
 SUBPACKAGES = find_packages(where=os.path.dirname(os.path.abspath(__file__)) or ".", exclude=NOT_INSTALLED)
 
 setup(
@@ -19,6 +20,8 @@ setup(
     description="Encouraging Loss finetuning for OFA-style vision-language models, as a fairseq plugin",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.8",
     packages=["ofa_el"] + [f"ofa_el.{name}" for name in SUBPACKAGES],
     package_dir={"ofa_el": "."},

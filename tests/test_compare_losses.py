@@ -1,15 +1,31 @@
-"""compare_losses: parsing fairseq's JSON logs, aggregation over seeds, the reports; one --quick run end to end."""
+"""experiments/compare_losses.py: parsing fairseq's JSON logs, aggregation over seeds, the reports, the measured time
+estimate; one --quick run end to end."""
+import importlib.util
 import json
 import math
 import shlex
 import statistics
+import subprocess
+import sys
 
 import pytest
 from scipy import stats as scipy_stats
 
 from conftest import REPO_ROOT
-from ofa_el.tools import compare_losses as cl
 from ofa_el.tools.make_demo_data import make_demo_data
+
+
+def load_experiment(name):
+    """A script of experiments/ as a module: the folder is neither a package nor installed."""
+    path = REPO_ROOT / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+cl = load_experiment("compare_losses")
 
 # What fairseq writes to --log-file with --log-format json (taken from a real caption run): the config dump and
 # plain messages between JSON lines whose values are strings.
@@ -35,9 +51,9 @@ def valid(update, metric, value, best=None, **extra):
     return json.dumps(record)
 
 
-def epoch_end(update, loss, wall):
-    return json.dumps({"epoch": 1, "train_loss": str(loss), "train_nll_loss": "2.2", "train_num_updates": str(update),
-                       "train_train_wall": "85", "train_wall": str(wall)})
+def epoch_end(update, loss, wall, train_wall=85, epoch=1):
+    return json.dumps({"epoch": epoch, "train_loss": str(loss), "train_nll_loss": "2.2",
+                       "train_num_updates": str(update), "train_train_wall": str(train_wall), "train_wall": str(wall)})
 
 
 def write_log(path, lines):
@@ -139,7 +155,7 @@ def make_work(tmp_path):
         (run / "eval" / "metrics.json").write_text(json.dumps(
             {"caption_test": {"CIDEr": cider[-1] + 0.01, "Bleu_4": 0.4, "METEOR": 0.3, "ROUGE_L": 0.7}}))
         (run / "run.json").write_text(json.dumps({"train_s": 100.0 + seed, "eval_s": 20.0,
-                                                  "compare_command": "python -m ofa_el.tools.compare_losses",
+                                                  "compare_command": "python experiments/compare_losses.py",
                                                   "git_rev": "abc123" if seed == 1 else "def456"}))
     return work
 
@@ -181,16 +197,34 @@ def test_from_logs_writes_json_markdown_and_plot(tmp_path):
     text = (out / "compare.md").read_text()
     assert "| el0.75 | 0.850 ± 0.071 |" in text  # the criterion x task table
     assert "| el0.75 | +0.300 (p 0.05) |" in text  # against ce: best val cider, then test CIDEr, BLEU-4
-    assert "--from-logs" in text and saved["meta"]["git_rev"] in text
+    assert f"`{cl.Path(sys.executable).name} experiments/compare_losses.py --from-logs --tasks caption" in text
+    assert saved["meta"]["git_rev"] in text
     assert "* 2 runs trained at `abc123`" in text and "* 2 runs trained at `def456`" in text  # seed 1 / seed 2
     assert (out / "compare_caption_val.png").stat().st_size > 1000
     with pytest.raises(cl.LogError, match="no <task>/<criterion>/seed<s>/train.log"):
         cl.main(["--from-logs", "--tasks", "refcoco", "--work-dir", str(work), "--out", str(out)])
 
 
-def test_unknown_criterion_is_refused(tmp_path):
-    with pytest.raises(SystemExit, match="unknown criterion.*el0.9"):
+def test_bad_options_are_refused_naming_the_option(tmp_path):
+    with pytest.raises(cl.UsageError, match="--criteria: unknown el0.9; choose from ce, el0.5"):
         cl.main(["--criteria", "ce,el0.9", "--work-dir", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(cl.UsageError, match="--tasks: unknown captions"):
+        cl.main(["--tasks", "captions", "--work-dir", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(cl.UsageError, match="--jobs 0: must be at least 1"):
+        cl.main(["--jobs", "0", "--work-dir", str(tmp_path), "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_command_line_errors_are_one_line_and_status_2(tmp_path, subprocess_env):
+    script = str(REPO_ROOT / "experiments" / "compare_losses.py")
+    subprocess_env.pop("OFA_EL_TRACEBACK", None)
+    for args, message in ((["--criteria", "el0.9"], "error: --criteria: unknown el0.9"),
+                          (["--from-logs", "--work-dir", str(tmp_path / "none")],
+                           "error: " + str(tmp_path / "none") + ": no <task>/<criterion>/seed<s>/train.log")):
+        done = subprocess.run([sys.executable, script, *args, "--out", str(tmp_path / "out")], capture_output=True,
+                              text=True, env=subprocess_env)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert message in done.stderr
 
 
 def test_criteria_flags_are_the_registered_options():
@@ -273,6 +307,7 @@ def test_execute_run_records_and_reuses(tmp_path, monkeypatch):
     assert sorted(p.name for p in run.directory(tmp_path).glob("*.pt")) == ["checkpoint_best.pt"]
     assert json.loads((run.directory(tmp_path) / "run.json").read_text()) == record
     assert record["train_s"] == 2.0 and record["eval_s"] == 2.0
+    assert record["jobs"] == 1 and record["quick"] is False  # what later estimates filter their measurements by
     assert cl.execute_run(run, tmp_path, sizes, False, cl.Path("/ckpt/start.pt"), None, "cmd", "rev", False) == record
     assert len(calls) == 2  # reused, not trained again
 
@@ -313,6 +348,7 @@ def test_start_checkpoints_follow_the_recipes(tmp_path, monkeypatch):
     for module in (cl, launch):  # recipes' relative defaults resolve against the root: no demo checkpoints there
         monkeypatch.setattr(module, "REPO_ROOT", tmp_path)
     (tmp_path / "configs").symlink_to(REPO_ROOT / "configs")
+    (tmp_path / "setup.py").write_text("")  # a clone's root, which the launcher resolves relative defaults against
     monkeypatch.delenv("RESTORE_FILE", raising=False)
     assert cl.start_checkpoint("caption", tmp_path / "work", False, None) is None
     path = cl.start_checkpoint("refcocoplus", tmp_path / "work", False, None)
@@ -327,3 +363,102 @@ def test_start_checkpoints_follow_the_recipes(tmp_path, monkeypatch):
         cl.start_checkpoint("refcocoplus", tmp_path / "work", False, None)
     given.write_bytes(b"")
     assert cl.start_checkpoint("refcocoplus", tmp_path / "work", False, None) == given and len(calls) == 2
+
+
+# ----------------------------------------------------------------------------------------------- time estimate
+def timed_run(work, criterion, seed, train_s, eval_s, epoch_train_walls, updates, jobs=1, quick=False):
+    """A finished caption run: run.json with its wall times, and a log whose epoch lines hold fairseq's train_wall."""
+    directory = cl.RunId("caption", criterion, seed).directory(work)
+    per_epoch = updates // len(epoch_train_walls)
+    lines = [inner(5, 3.0, 2.9), valid(updates, "cider", 0.5)]
+    lines += [epoch_end(per_epoch * (i + 1), 4.0, 50 * (i + 1), train_wall, epoch=i + 1)
+              for i, train_wall in enumerate(epoch_train_walls)]
+    write_log(directory / "train.log", lines)
+    (directory / "run.json").write_text(json.dumps({"train_s": train_s, "eval_s": eval_s, "jobs": jobs,
+                                                    "quick": quick}))
+    return directory
+
+
+def test_timing_is_measured_from_finished_runs(tmp_path):
+    """Per-update time = train_wall (summed over epochs) / updates; the rest of train_s + eval_s is the fixed part;
+    the median over runs; runs timed with another --jobs or --quick, or without a usable log, do not count."""
+    work = tmp_path / "work"
+    assert cl.measured_timing("caption", work, 1, False) is None
+    timed_run(work, "ce", 1, train_s=70.0, eval_s=10.0, epoch_train_walls=[20, 20], updates=100)  # 0.4 s/update
+    timed_run(work, "ce", 2, train_s=90.0, eval_s=20.0, epoch_train_walls=[60], updates=100)  # 0.6 s/update
+    timed_run(work, "el0.75", 1, train_s=200.0, eval_s=30.0, epoch_train_walls=[100], updates=100)  # 1.0 s/update
+    timed_run(work, "el0.75", 2, train_s=999.0, eval_s=1.0, epoch_train_walls=[900], updates=100, jobs=2)
+    timed_run(work, "el0.75", 3, train_s=999.0, eval_s=1.0, epoch_train_walls=[900], updates=100, quick=True)
+    broken = timed_run(work, "poly1", 1, train_s=999.0, eval_s=1.0, epoch_train_walls=[900], updates=100)
+    (broken / "train.log").write_text("no JSON here\n")
+    timing = cl.measured_timing("caption", work, 1, False)
+    assert timing.runs == 3
+    assert math.isclose(timing.per_update_s, 0.6)  # median of 0.4, 0.6, 1.0
+    assert math.isclose(timing.fixed_s, 50.0)  # median of 80 - 40, 110 - 60, 230 - 100
+    assert cl.measured_timing("caption", work, 2, False).per_update_s == 9.0
+    assert cl.measured_timing("caption", work, 1, True).runs == 1
+
+
+def test_estimate_scales_with_the_measured_rate(tmp_path):
+    """The same plan on a machine twice as slow (every measured time doubled) is estimated at twice the time;
+    longer runs cost more by the measured per-update time; --jobs slots share the runs."""
+    estimates = {}
+    for slowdown in (1, 2):
+        work = tmp_path / f"machine{slowdown}"
+        timed_run(work, "ce", 1, train_s=40.0 * slowdown, eval_s=10.0 * slowdown, epoch_train_walls=[30 * slowdown],
+                  updates=60)
+        timing = cl.measured_timing("caption", work, 1, False)
+        assert math.isclose(timing.per_update_s, 0.5 * slowdown) and math.isclose(timing.fixed_s, 20.0 * slowdown)
+        runs = [cl.RunId("caption", c, 1) for c in ("ce", "el0.5", "el0.75")]
+        for updates in (60, 120):
+            sizes = {"caption": cl.Sizes(updates, 1, 30, 10, 32, False)}
+            estimates[slowdown, updates] = cl.estimate_seconds(runs, {"caption": timing}, sizes, jobs=1)
+    assert math.isclose(estimates[1, 60], 3 * (20 + 0.5 * 60))
+    assert math.isclose(estimates[2, 60], 2 * estimates[1, 60])
+    assert math.isclose(estimates[1, 120] - estimates[1, 60], 3 * 0.5 * 60)
+    one = cl.Timing(fixed_s=10.0, per_update_s=1.0, runs=1)
+    sizes = {"caption": cl.Sizes(20, 1, 5, 5, 32, False)}
+    three = [cl.RunId("caption", "ce", s) for s in (1, 2, 3)]
+    assert cl.estimate_seconds(three, {"caption": one}, sizes, jobs=2) == 60.0  # two slots: 2 runs, then 1
+    assert cl.estimate_seconds(three, {"caption": one}, sizes, jobs=3) == 30.0
+
+
+def test_runs_timed_first_fill_the_slots():
+    todo = [cl.RunId(t, c, 1) for t in ("caption", "refcocoplus") for c in ("ce", "el0.5", "el0.75")]
+    assert cl.runs_to_time(todo, ["caption", "refcocoplus"], 1) == [todo[0], todo[3]]  # one of each task
+    assert cl.runs_to_time(todo, ["refcocoplus"], 2) == [todo[3], todo[4]]  # two at once, as the rest will run
+    assert cl.runs_to_time(todo, ["caption", "refcocoplus"], 3) == [todo[0], todo[3], todo[1]]
+    assert cl.runs_to_time(todo, [], 2) == []
+
+
+@pytest.mark.parametrize("jobs, timed_first, estimate", [(1, 1, "1.8 min for the 3 runs left"),
+                                                         (2, 2, "0.6 min for the 2 runs left")])
+def test_first_runs_are_timed_then_the_rest_estimated(use_data, tmp_path, monkeypatch, capsys, jobs, timed_first,
+                                                      estimate):
+    """No finished run in the work dir: the first run(s) are trained (faked: 30 s of which 20 s in training steps,
+    10 updates, evaluation 5 s), then the estimate for the rest uses exactly those times: 15 + 2 x 10 = 35 s a run."""
+    calls = []
+
+    def fake_call(cmd, log, env):
+        calls.append(log)
+        directory = log.parent
+        if log.name == "stdout.log":
+            (directory / "checkpoint_best.pt").write_bytes(b"")
+            log_file = next(a.split("=", 1)[1] for a in cmd if a.startswith("--log-file="))
+            write_log(cl.Path(log_file), [inner(5, 3.0, 2.9), valid(10, "cider", 0.5), epoch_end(10, 3.0, 25, 20)])
+            return 30.0
+        results = cl.Path(env["RESULTS_DIR"])
+        results.mkdir(parents=True)
+        (results / "metrics.json").write_text(json.dumps({"caption_test": {"CIDEr": 0.4, "Bleu_4": 0.2}}))
+        return 5.0
+
+    monkeypatch.setattr(cl, "_call", fake_call)
+    work = tmp_path / "work"
+    results = cl.main(["--tasks", "caption", "--criteria", "ce,el0.75", "--seeds", "2", "--caption-updates", "10",
+                       "--jobs", str(jobs), "--yes", "--work-dir", str(work), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert f"no finished caption run to time with --jobs {jobs}: training {timed_first} first" in printed
+    assert f"estimated {estimate} with --jobs {jobs}" in printed
+    assert "caption: 2.00 s/update x 10 + 15 s per run (median of" in printed
+    assert len(results["runs"]) == 4 and len(calls) == 8  # every run trained and evaluated once
+    assert json.loads((work / "caption" / "ce" / "seed1" / "run.json").read_text())["jobs"] == jobs

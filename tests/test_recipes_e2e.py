@@ -33,6 +33,13 @@ def run_script(script, env, *args, timeout=600):
     return output
 
 
+def assert_readable_evaluation(output, split, items):
+    """A progress bar with items/s and elapsed time per split; no third-party DEBUG lines."""
+    bar = [line for line in output.replace("\r", "\n").splitlines() if line.startswith(f"{split}: 100%")]
+    assert bar and f"{items}/{items} [" in bar[-1] and " items/s]" in bar[-1], output[-3000:]
+    assert "| DEBUG |" not in output and "DEBUG:" not in output
+
+
 def test_caption_recipe_trains_selects_by_cider_and_evaluates(data, tmp_path):
     env = {"DATA_DIR": str(data), "BPE_DIR": str(data / "bpe"), "SAVE_DIR": str(tmp_path / "ckpt")}
     out = run_script("caption/train_caption_stage1_el_db.sh", env, *SMALL_MODEL)
@@ -43,6 +50,7 @@ def test_caption_recipe_trains_selects_by_cider_and_evaluates(data, tmp_path):
     results = tmp_path / "results"
     out = run_script("caption/evaluate_caption.sh", {"DATA_DIR": str(data), "BPE_DIR": str(data / "bpe"),
                                                       "CHECKPOINT": str(best), "RESULTS_DIR": str(results)})
+    assert_readable_evaluation(out, "caption_test", 5)
     predictions = json.loads((results / "caption_test_predict.json").read_text())
     assert len(predictions) == 5 and {"image_id", "caption"} <= set(predictions[0])
     metrics = json.loads((results / "metrics.json").read_text())["caption_test"]
@@ -58,8 +66,9 @@ def test_refcoco_recipe_trains_selects_by_score_and_evaluates(data, tmp_path):
     assert "| score " in out and "| miou " in out and "refcocog_train.tsv" in out
     best = tmp_path / "ckpt" / "checkpoint_best.pt"
     results = tmp_path / "results"
-    run_script("refcoco/evaluate_refcoco.sh", {"SET": "refcocog", "DATA_DIR": str(data), "BPE_DIR": str(data / "bpe"),
+    out = run_script("refcoco/evaluate_refcoco.sh", {"SET": "refcocog", "DATA_DIR": str(data), "BPE_DIR": str(data / "bpe"),
                                                "CHECKPOINT": str(best), "RESULTS_DIR": str(results)})
+    assert_readable_evaluation(out, "refcocog_val", 6)
     table = json.loads((results / "metrics.json").read_text())
     assert set(table) == {"refcocog_val", "refcocog_test"}
     assert all(0.0 <= row["Acc@0.5"] <= 1.0 and row["n"] == 6 for row in table.values())

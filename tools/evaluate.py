@@ -8,6 +8,8 @@ Each file is a split named after it (``refcoco_testA.tsv`` -> ``refcoco_testA``)
 BLEU-4, METEOR, ROUGE-L and CIDEr (pycocoevalcap against the TSV's references; SPICE is skipped
 because it needs downloads). Refcoco writes ``[{"uniq_id", "box"}]`` and reports Acc@0.5 and mean
 IoU. A table of every split's metrics is printed at the end (and written by ``--metrics-json``).
+A progress bar (items/s, elapsed time) goes to stderr. Caption metrics need ``java`` on PATH
+(PTB tokenizer, METEOR): its absence is reported before any generation starts.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -22,6 +25,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import claim_folder_name
+from .errors import UserError, run_cli
 
 logger = logging.getLogger("ofa_el.evaluate")
 
@@ -71,15 +75,31 @@ def generation_args(args: argparse.Namespace, task_name: str) -> argparse.Namesp
 
 
 def batches(task, path: str, batch_size: int, use_cuda: bool):
+    """Batches of one split, with a progress bar (items/s, elapsed) on stderr; a bar redrawn at most every
+    30 s when stderr is not a terminal (a nohup log)."""
     from fairseq import utils
+    from tqdm import tqdm
 
     split = "test"
     task.cfg.data = f"{path},{path}"
     task.load_dataset(split)
-    iterator = task.get_batch_iterator(task.dataset(split), max_sentences=batch_size).next_epoch_itr(shuffle=False)
-    for sample in iterator:
-        if sample:
-            yield utils.move_to_cuda(sample) if use_cuda else sample
+    dataset = task.dataset(split)
+    iterator = task.get_batch_iterator(dataset, max_sentences=batch_size).next_epoch_itr(shuffle=False)
+    interactive = sys.stderr.isatty()
+    with tqdm(total=len(dataset), desc=split_name(path), unit=" items", file=sys.stderr, dynamic_ncols=interactive,
+              mininterval=0.5 if interactive else 30.0) as progress:
+        for sample in iterator:
+            if sample:
+                yield utils.move_to_cuda(sample) if use_cuda else sample
+                progress.update(len(sample["id"]))
+
+
+def require_java() -> None:
+    """Caption metrics run Java programs (PTB tokenizer, METEOR): fail before hours of generation, not after."""
+    if shutil.which("java") is None:
+        raise UserError("java not found on PATH: caption evaluation needs it for the PTB tokenizer and METEOR "
+                        "(install a Java runtime, e.g. apt-get install default-jre-headless, or conda install "
+                        "openjdk)")
 
 
 def evaluate_caption(args, path, model, task, use_cuda) -> Dict[str, float]:
@@ -124,18 +144,28 @@ def write_json(args, path: str, predictions: List[Dict[str, Any]]) -> None:
     print(f"predictions: {out}")
 
 
+def quiet_third_party_loggers() -> None:
+    """Only this tool's and fairseq's INFO lines: PIL logs every PNG chunk at DEBUG, and others follow suit."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        force=True)
+    for name in ("PIL", "matplotlib", "urllib3", "h5py"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    quiet_third_party_loggers()
     args = parse_args(argv)
     claim_folder_name()  # the checkpoint's --user-dir names this folder
     paths = [p for p in args.data.split(",") if p]
     for path in paths + [args.path]:
         if not os.path.isfile(path):
-            sys.exit(f"error: file not found: {path}")
+            raise UserError(f"file not found: {path}")
     model, cfg, task, use_cuda = load(args)
     evaluators = {"caption": evaluate_caption, "refcoco": evaluate_refcoco}
     if cfg.task._name not in evaluators:
-        sys.exit(f"error: {args.path} was trained with task {cfg.task._name!r}; expected caption or refcoco")
+        raise UserError(f"{args.path} was trained with task {cfg.task._name!r}; expected caption or refcoco")
+    if cfg.task._name == "caption":
+        require_java()
     table = {split_name(path): evaluators[cfg.task._name](args, path, model, task, use_cuda) for path in paths}
     names = list(next(iter(table.values())))
     print(f"{'split':<20}" + "".join(f"{name:>10}" for name in names))
@@ -149,4 +179,4 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -18,6 +18,7 @@ import os
 import sys
 from typing import List, Optional
 
+from .errors import run_cli
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +30,7 @@ def with_user_dir(argv: List[str]) -> List[str]:
     return argv + [f"--user-dir={PLUGIN_DIR}"]
 
 
-def _given(argv: List[str], flag: str) -> bool:
+def flag_given(argv: List[str], flag: str) -> bool:
     return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
 
 
@@ -38,13 +39,13 @@ def with_cpu_torchrun(argv: List[str], env=os.environ) -> List[str]:
     import torch
 
     world_size = int(env.get("WORLD_SIZE", "1"))
-    if world_size <= 1 or torch.cuda.is_available() or _given(argv, "--distributed-init-method"):
+    if world_size <= 1 or torch.cuda.is_available() or flag_given(argv, "--distributed-init-method"):
         return argv
     extra = ["--distributed-init-method=env://", f"--distributed-world-size={world_size}",
              f"--distributed-rank={env['RANK']}", "--distributed-no-spawn", "--device-id=0", "--cpu"]
-    if not _given(argv, "--distributed-backend"):
+    if not flag_given(argv, "--distributed-backend"):
         extra.append("--distributed-backend=gloo")
-    if not _given(argv, "--ddp-backend"):  # torch's DDP wrapper in fairseq 0.12 insists on a CUDA device id
+    if not flag_given(argv, "--ddp-backend"):  # torch's DDP wrapper in fairseq 0.12 insists on a CUDA device id
         extra.append("--ddp-backend=legacy_ddp")
     return argv + extra
 
@@ -53,7 +54,7 @@ RESET_FLAGS = ("--reset-optimizer", "--reset-dataloader", "--reset-meters", "--r
 DEFAULT_RESTORE = "checkpoint_last.pt"
 
 
-def _value(argv: List[str], flag: str) -> Optional[str]:
+def flag_value(argv: List[str], flag: str) -> Optional[str]:
     """The last value given to ``flag`` (``--flag=v`` or ``--flag v``), as argparse would keep it."""
     found = None
     for i, arg in enumerate(argv):
@@ -83,10 +84,10 @@ class MissingRestoreFileError(FileNotFoundError):
 def resume_or_restore(argv: List[str], log=print) -> List[str]:
     """Resume from ``checkpoint_last.pt`` of the save dir when it exists, instead of restoring the
     pretrained ``--restore-file`` again (and resetting optimizer, schedule and data position)."""
-    restore = _value(argv, "--restore-file")
+    restore = flag_value(argv, "--restore-file")
     if restore is None or restore == DEFAULT_RESTORE:
         return argv
-    last = os.path.join(_value(argv, "--save-dir") or "checkpoints", DEFAULT_RESTORE)
+    last = os.path.join(flag_value(argv, "--save-dir") or "checkpoints", DEFAULT_RESTORE)
     if os.path.isfile(last):
         log(f"ofa_el: {last} exists: resuming from it (--restore-file {restore} and --reset-* "
             "apply to the first launch only)")
@@ -107,13 +108,10 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     claim_folder_name()
     argv = with_user_dir(list(sys.argv[1:] if argv is None else argv))
-    try:
-        argv = resume_or_restore(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
-    except MissingRestoreFileError as err:
-        raise SystemExit(f"error: {err}") from None
+    argv = resume_or_restore(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
     sys.argv = [sys.argv[0]] + with_cpu_torchrun(argv)
     train.cli_main()
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,7 +1,8 @@
 """CE vs EL vs Poly-1 vs L-GM on a small, offline classification problem (minutes on a CPU).
 
-    python -m ofa_el.tools.classification_bench --out results/classification
+    python experiments/classification_bench.py --out results/classification
 
+An experiment, not part of the installed package: run it from a checkout with ``ofa_el`` installed (``make venv``).
 scikit-learn's bundled 8x8 digits (1,797 images, no download), a 2-layer MLP, each loss with
 several seeds. Reports test accuracy, expected calibration error (15 equal-width bins) and the
 mean margin (true-class logit minus the best other logit), as mean +- std over seeds, and
@@ -14,12 +15,12 @@ import json
 import logging
 import statistics
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..losses import EncouragingLoss, LGMLoss, Poly1CrossEntropy
+from ofa_el.losses import EncouragingLoss, LGMLoss, Poly1CrossEntropy
 
 FEATURES = 64
 
@@ -132,12 +133,20 @@ def plot(summary: Dict[str, Dict[str, Tuple[float, float]]], out: Path) -> None:
     fig.savefig(out, dpi=100)
 
 
-def main(argv=None) -> Dict[str, Dict[str, Tuple[float, float]]]:
+def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, Tuple[float, float]]]:
+    """Train every method with each seed, print the table, write results.json and classification.png."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/classification"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=60)
     args = parser.parse_args(argv)
+    for option, value in (("--seeds", args.seeds), ("--epochs", args.epochs)):
+        if value < 1:
+            parser.error(f"{option} {value}: must be at least 1")
+    try:  # before minutes of training, not after
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--out {args.out}: cannot create it ({err.strerror})")
     torch.set_num_threads(1)
     data = load_digits_split()
     summary = {}
@@ -147,7 +156,6 @@ def main(argv=None) -> Dict[str, Dict[str, Tuple[float, float]]]:
         summary[method] = summarise(runs)
         cells = "".join(f" {m:>9.4f} +- {s:.4f}" for m, s in summary[method].values())
         print(f"{method:<18}{cells}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(
         {"seeds": args.seeds, "epochs": args.epochs, "summary": summary}, indent=2) + "\n")
     plot(summary, args.out / "classification.png")

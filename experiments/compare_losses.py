@@ -1,11 +1,12 @@
 """Compare CE, EL (three log_end values), EL + drop-best and Poly-1 on the demo recipes, over several seeds.
 
-    python -m ofa_el.tools.compare_losses --jobs 2 [--seeds 3] [--tasks caption,refcocoplus] [--out results]
-    python -m ofa_el.tools.compare_losses --from-logs          # re-read the logs, rewrite tables and plots
-    python -m ofa_el.tools.compare_losses --quick              # the test: a few updates of ce and el0.75
+    python experiments/compare_losses.py --jobs 2 [--seeds 3] [--tasks caption,refcocoplus] [--out results]
+    python experiments/compare_losses.py --from-logs          # re-read the logs, rewrite tables and plots
+    python experiments/compare_losses.py --quick              # the test: a few updates of ce and el0.75
 
-Every run is the demo variant of a published recipe (``DEMO=1`` through ``run_scripts/launch.sh``, as
-``make demo`` runs them) with the criterion's flags and ``--seed`` appended (later flags win):
+An experiment, not part of the installed package: run it from a checkout whose ``ofa_el`` is installed editable
+(``make venv``). Every run is the demo variant of a published recipe (``DEMO=1`` through ``run_scripts/launch.sh``,
+as ``make demo`` runs them) with the criterion's flags and ``--seed`` appended (later flags win):
 
 * ``ce``: ``caption/stage1_ce.yaml``, ``refcoco/<set>_ce.yaml`` as they are (adjust_label_smoothed_cross_entropy)
 * ``el0.5``, ``el0.75``, ``el1.0``: ``*_el.yaml`` with ``--log-end=0.5`` / ``0.75`` / ``1.0``
@@ -35,13 +36,25 @@ and the git revision) and ``<out>/compare_<task>_val.png`` (validation metric ag
 the min-max band).
 
 **Sizes.** The demo recipes train longer than a one-hour comparison allows on 2 CPU cores (caption: 2 epochs of
-235 updates at ~2.1 updates/s; grounding: 5 epochs of 250 updates at ~3.3 updates/s). By default each caption run
-is cut to ``--caption-updates 150`` and each grounding run to ``--grounding-updates 300``, the learning-rate
-schedule compressed to that length (``--max-update N --total-num-update N``), with ``--val-points 4`` validations
-per run (grounding also validates at its epoch end); the estimate is printed before starting. ``0`` keeps the
-recipe's own length (its epochs). ``--jobs 2`` runs two trainings at once with one thread each: 1.25x the training
-throughput of one two-thread run on 2 cores (measured), more for the single-threaded start-up and evaluation.
+235 updates; grounding: 5 epochs of 250 updates). By default each caption run is cut to ``--caption-updates 150``
+and each grounding run to ``--grounding-updates 300``, the learning-rate schedule compressed to that length
+(``--max-update N --total-num-update N``), with ``--val-points 4`` validations per run (grounding also validates at
+its epoch end). ``0`` keeps the recipe's own length (its epochs). ``--jobs 2`` runs two trainings at once with
+cores/2 threads each (on a 2-core CPU that gave 1.25x the training throughput of one two-thread run).
 ``--quick`` (the test): one seed, ce and el0.75, 4 updates, 2 validations on 1-2 batches each.
+
+**Time estimate.** Nothing about a machine's speed is built in; the estimate is measured on the machine at hand.
+One run of a task costs a fixed part (start-up, validations, checkpoint saves, the test evaluation) plus training
+seconds per update. Both come from runs of that task already finished in the work dir with the same ``--jobs``
+and ``--quick`` (their ``run.json`` records them): the per-update time is fairseq's ``train_wall`` (seconds inside
+training steps, summed over the epoch lines of ``train.log``) over the updates, the fixed part is the run's
+``train_s + eval_s`` from ``run.json`` less that ``train_wall``; the median over those runs is taken. A task with
+no such run is timed first: its first runs (one per task, then more in turn until ``--jobs`` run at once, so they
+share the cores as the rest will) are trained before the estimate, and count in the results like any other run.
+The runs left are then laid out over ``--jobs`` slots in order, each at its measured cost for its task's number of
+updates (the fixed part is taken as measured, so timings from runs with another ``--val-points`` are rougher);
+the total is printed and the tool waits 5 s (Ctrl-C stops it; ``--yes`` skips the wait) before training them.
+Missing start checkpoints are trained before any timing and are not part of the estimate.
 """
 from __future__ import annotations
 
@@ -61,7 +74,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .launch import REPO_ROOT, expand, load_recipe
+from ofa_el.tools.errors import run_cli
+from ofa_el.tools.launch import REPO_ROOT, expand, load_recipe
 
 
 class LogError(ValueError):
@@ -70,6 +84,10 @@ class LogError(ValueError):
 
 class RunError(RuntimeError):
     """A training or evaluation subprocess that failed; the message names its log and shows its tail."""
+
+
+class UsageError(ValueError):
+    """A command-line option that cannot be used; the message names the option and the accepted values."""
 
 
 @dataclass(frozen=True)
@@ -102,11 +120,6 @@ class TaskSpec:
     test_metrics: Tuple[Tuple[str, str, str], ...]  # (metrics.json row, column, label)
     #: the task whose EL demo model this task's runs restore (its recipes' demo RESTORE_FILE); None: none
     starts_from: Optional[str] = None
-    #: seconds per training sample on an idle 2-core CPU (demo logs: caption 2.1 updates/s at batch 32,
-    #: grounding 3.3 updates/s at batch 16); one validation with its checkpoint; the test evaluation, start-up included
-    seconds_per_sample: float = 0.013
-    validation_s: float = 8.0
-    evaluation_s: float = 25.0
 
 
 def _grounding(name: str, starts_from: str) -> TaskSpec:
@@ -116,15 +129,14 @@ def _grounding(name: str, starts_from: str) -> TaskSpec:
         ((f"{name}_val", "Acc@0.5", "val Acc@0.5"), (f"{name}_testA", "Acc@0.5", "testA Acc@0.5"),
          (f"{name}_testB", "Acc@0.5", "testB Acc@0.5"), (f"{name}_testA", "mIoU", "testA mIoU"),
          (f"{name}_testB", "mIoU", "testB mIoU")),
-        starts_from=starts_from, seconds_per_sample=0.30 / 16, validation_s=4.0, evaluation_s=12.0)
+        starts_from=starts_from)
 
 
 TASKS: Dict[str, TaskSpec] = {
     "caption": TaskSpec(
         "caption", {"ce": "caption/stage1_ce.yaml", "el": "caption/stage1_el.yaml"}, "cider", ("cider",),
         "caption/evaluate_caption.sh", {},
-        (("caption_test", "CIDEr", "test CIDEr"), ("caption_test", "Bleu_4", "test BLEU-4")),
-        seconds_per_sample=0.48 / 32, validation_s=6.0, evaluation_s=18.0),
+        (("caption_test", "CIDEr", "test CIDEr"), ("caption_test", "Bleu_4", "test BLEU-4"))),
     # RefCOCO+ finetunes the RefCOCO demo model (as make demo-all does); RefCOCO the caption model, which
     # needs ~1000 updates to rise above choosing a shape at random: too long for a one-hour comparison
     "refcocoplus": _grounding("refcocoplus", "refcoco"),
@@ -132,10 +144,8 @@ TASKS: Dict[str, TaskSpec] = {
 }
 DEFAULT_TASKS = "caption,refcocoplus"
 DEFAULT_UPDATES = {"caption": 150, "grounding": 300}
-START_S = 8.0  # python, fairseq and model start-up of a training process
-#: Throughput of two one-thread runs at once over one two-thread run on 2 cores (caption demo training,
-#: measured: 2.58 vs 2.06 updates/s); start-up and evaluation, mostly single-threaded, gain more.
-TWO_JOBS_SPEED_UP = 1.25
+#: How the runs are started, as written in results (the script is run from the repository root).
+SCRIPT = "experiments/compare_losses.py"
 DIAGNOSTICS = ("loss", "nll_loss", "p_target", "past_log_end", "bonus")
 
 
@@ -487,13 +497,94 @@ def size_arguments(sizes: Sizes, quick: bool) -> List[str]:
     return args
 
 
-def estimate_seconds(task: str, sizes: Sizes, runs: int) -> float:
-    """Rough wall time of ``runs`` runs of a task on this 2-core CPU (measured rates; contention not included)."""
-    spec = TASKS[task]
-    validations = math.ceil(sizes.updates / sizes.validate_every) if sizes.validate_every else sizes.max_epoch
-    one = (START_S + sizes.updates * sizes.batch_size * spec.seconds_per_sample
-           + validations * spec.validation_s + spec.evaluation_s)
-    return one * runs
+# ----------------------------------------------------------------------------------------------- timing
+@dataclass(frozen=True)
+class Timing:
+    """The measured cost of one run of a task on this machine (see "Time estimate" in the module docstring)."""
+
+    fixed_s: float  # start-up, validations, checkpoint saves and the test evaluation
+    per_update_s: float  # training seconds per update
+    runs: int  # how many finished runs it was measured from
+
+    def run_seconds(self, updates: int) -> float:
+        return self.fixed_s + self.per_update_s * updates
+
+
+def run_timing(record: Mapping[str, Any], log_path: Path) -> Optional[Tuple[float, float]]:
+    """(fixed seconds, training seconds per update) of one finished run: its wall times from ``run.json`` and
+    fairseq's ``train_wall`` from the epoch lines of its log; None when the log cannot tell."""
+    try:
+        log = parse_log(log_path)
+    except (OSError, LogError):
+        return None
+    updates = max(log.train, default=0)
+    if updates <= 0 or not all(isinstance(record.get(k), (int, float)) for k in ("train_s", "eval_s")):
+        return None
+    train_wall = sum(epoch.get("train_wall", 0.0) for epoch in log.train.values())
+    return max(0.0, record["train_s"] + record["eval_s"] - train_wall), train_wall / updates
+
+
+def measured_timing(task: str, work: Path, jobs: int, quick: bool) -> Optional[Timing]:
+    """A task's cost per run, the median over its runs finished in ``work`` with the same ``jobs`` and ``quick``
+    (runs timed under other contention or validation sizes would mislead); None if there is none."""
+    fixed: List[float] = []
+    per_update: List[float] = []
+    for marker in sorted((work / task).glob("*/seed*/run.json")):
+        try:
+            record = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(record, dict) or record.get("jobs") != jobs or record.get("quick") != quick:
+            continue
+        timing = run_timing(record, marker.parent / "train.log")
+        if timing is not None:
+            fixed.append(timing[0])
+            per_update.append(timing[1])
+    if not fixed:
+        return None
+    return Timing(statistics.median(fixed), statistics.median(per_update), len(fixed))
+
+
+def runs_to_time(todo: Sequence[RunId], unmeasured: Sequence[str], jobs: int) -> List[RunId]:
+    """The runs trained before the estimate: the first left of each unmeasured task, then further ones in turn
+    until ``jobs`` of them run at once, so that they are timed sharing the cores as the rest will."""
+    queues = [[r for r in todo if r.task == task] for task in unmeasured]
+    chosen = [queue.pop(0) for queue in queues if queue]
+    while len(chosen) < jobs and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < jobs:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
+def estimate_seconds(runs: Sequence[RunId], timings: Mapping[str, Timing], sizes: Mapping[str, Sizes],
+                     jobs: int) -> float:
+    """Wall time of ``runs`` at their measured costs, handed in order to ``jobs`` slots (as the thread pool does):
+    each run starts when the slot that frees first is free."""
+    slots = [0.0] * max(1, jobs)
+    for run in runs:
+        first_free = slots.index(min(slots))
+        slots[first_free] += timings[run.task].run_seconds(sizes[run.task].updates)
+    return max(slots)
+
+
+def describe_estimate(runs: Sequence[RunId], timings: Mapping[str, Optional[Timing]],
+                      sizes: Mapping[str, Sizes], jobs: int) -> str:
+    """The estimate line printed before the runs left: total minutes and the measured costs behind them."""
+    timed = [r for r in runs if timings.get(r.task) is not None]
+    parts = []
+    for task in dict.fromkeys(r.task for r in runs):
+        timing = timings.get(task)
+        if timing is None:
+            parts.append(f"{task}: not measured (no run could be timed)")
+        else:
+            parts.append(f"{task}: {timing.per_update_s:.2f} s/update x {sizes[task].updates} + {timing.fixed_s:.0f} s "
+                         f"per run (median of {timing.runs} finished run{'s' if timing.runs != 1 else ''})")
+    total = estimate_seconds(timed, timings, sizes, jobs) if timed else 0.0
+    missing = "" if len(timed) == len(runs) else f" (not counting {len(runs) - len(timed)} unmeasured)"
+    return (f"estimated {total / 60:.1f} min for the {len(runs)} run{'s' if len(runs) != 1 else ''} left with "
+            f"--jobs {jobs}{missing}; "
+            + "; ".join(parts))
 
 
 def _call(cmd: List[str], log: Path, env: Mapping[str, str]) -> float:
@@ -537,9 +628,10 @@ def finished(run: RunId, work: Path, cmd: List[str], restore: Optional[Path],
 
 def execute_run(run: RunId, work: Path, sizes: Sizes, quick: bool, restore: Optional[Path],
                 threads: Optional[int], command_line: str, git_rev: str, force: bool,
-                check_restore: bool = True) -> Dict[str, Any]:
+                check_restore: bool = True, jobs: int = 1) -> Dict[str, Any]:
     """Train, evaluate and tidy one run; a run finished with the same command (and, with ``check_restore``,
-    the same start checkpoint) is reused unless ``force``."""
+    the same start checkpoint) is reused unless ``force``. ``run.json`` also records ``jobs`` (runs at once)
+    and ``quick``, which say whether its wall times can time later runs."""
     directory = run.directory(work)
     cmd = train_command(run, directory, sizes, quick)
     done = finished(run, work, cmd, restore, check_restore)
@@ -563,7 +655,7 @@ def execute_run(run: RunId, work: Path, sizes: Sizes, quick: bool, restore: Opti
             extra.unlink()
     record = {"task": run.task, "criterion": run.criterion, "seed": run.seed, "train_command": shlex.join(cmd),
               "restore_file": str(restore) if restore else None, "train_s": train_s, "eval_s": eval_s,
-              "compare_command": command_line, "git_rev": git_rev}
+              "compare_command": command_line, "git_rev": git_rev, "jobs": jobs, "quick": quick}
     (directory / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -571,7 +663,7 @@ def execute_run(run: RunId, work: Path, sizes: Sizes, quick: bool, restore: Opti
 def start_checkpoint(task: str, work: Path, quick: bool, threads: Optional[int]) -> Optional[Path]:
     """The checkpoint every run of ``task`` restores, as its recipe restores a pretrained one; None for a
     task that starts from scratch. ``$RESTORE_FILE`` if set; else the recipe's demo default (what
-    ``make demo`` trains), trained first by ``tools/demo.py`` if missing; with ``quick``, a few updates of
+    ``make demo`` trains), trained first by ``ofa_el.tools.demo`` if missing; with ``quick``, a few updates of
     the start task's EL recipe (itself from its own start), in the work dir."""
     spec = TASKS[task]
     if spec.starts_from is None:
@@ -682,15 +774,23 @@ def print_summary(results: Mapping[str, Any], out: Path) -> None:
     print(f"wrote {out / 'compare.json'}, {out / 'compare.md'} and the plots in {out}")
 
 
-def _names(value: str, known: Iterable[str], what: str) -> List[str]:
+def _names(value: str, known: Iterable[str], option: str) -> List[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
-        raise SystemExit(f"error: unknown {what} {unknown or value!r}; choose from {', '.join(known)}")
+        raise UsageError(f"{option}: unknown {', '.join(unknown) if unknown else repr(value)}; "
+                         f"choose from {', '.join(known)}")
     return names
 
 
+def _at_least(value: Optional[int], lowest: int, option: str) -> None:
+    if value is not None and value < lowest:
+        raise UsageError(f"{option} {value}: must be at least {lowest}")
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Train what is missing (after a measured time estimate), or only re-read the logs; write the reports.
+    Bad input raises UsageError, LogError, RecipeError or FileNotFoundError; a failed run RunError."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=None, help="seeds 1..N per criterion (default 3; --quick 1)")
     parser.add_argument("--tasks", default=DEFAULT_TASKS,
@@ -711,15 +811,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="a few updates, one seed, ce and el0.75 (the test)")
     parser.add_argument("--from-logs", action="store_true", help="only re-read the logs under --work-dir")
     parser.add_argument("--force", action="store_true", help="train again runs that already finished")
-    parser.add_argument("--yes", action="store_true", help="do not wait 5 s after printing the estimate")
+    parser.add_argument("--yes", action="store_true",
+                        help="do not wait 5 s after printing the (measured) estimate for the runs left")
     args = parser.parse_args(argv)
 
     quick = args.quick
-    tasks = _names(args.tasks, TASKS, "task")
-    criteria = _names(args.criteria, CRITERIA, "criterion") if args.criteria else None
+    tasks = _names(args.tasks, TASKS, "--tasks")
+    criteria = _names(args.criteria, CRITERIA, "--criteria") if args.criteria else None
+    for option, lowest in (("seeds", 1), ("jobs", 1), ("val_points", 1), ("caption_updates", 0),
+                           ("grounding_updates", 0)):
+        _at_least(getattr(args, option), lowest, "--" + option.replace("_", "-"))
     work = args.work_dir.resolve()
-    command_line = shlex.join([Path(sys.executable).name, "-m", "ofa_el.tools.compare_losses",
-                               *(sys.argv[1:] if argv is None else argv)])
+    command_line = shlex.join([Path(sys.executable).name, SCRIPT, *(sys.argv[1:] if argv is None else argv)])
     git_rev = git_revision()
     meta: Dict[str, Any] = {"command": command_line, "git_rev": git_rev, "work_dir": str(work)}
 
@@ -731,6 +834,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     seeds = args.seeds if args.seeds is not None else (1 if quick else 3)
     criteria = criteria or list(QUICK_CRITERIA if quick else CRITERIA)
+
     def updates_of(task: str) -> int:
         kind = "caption" if task == "caption" else "grounding"
         asked = args.caption_updates if kind == "caption" else args.grounding_updates
@@ -744,14 +848,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     runs = [RunId(task, criterion, seed) for task in tasks for criterion in criteria for seed in range(1, seeds + 1)]
     todo = [r for r in runs if args.force or finished(
         r, work, train_command(r, r.directory(work), sizes[r.task], quick), None, check_restore=False) is None]
-    jobs = max(1, args.jobs)
-    speed_up = TWO_JOBS_SPEED_UP if jobs > 1 else 1.0
-    estimate = sum(estimate_seconds(t, sizes[t], sum(r.task == t for r in todo)) for t in tasks) / speed_up
+    jobs = args.jobs
     print(f"{len(runs)} runs ({len(todo)} to train): " + "; ".join(
-        f"{t} {sizes[t].updates} updates" for t in tasks) + f"; estimated {estimate / 60:.0f} min on 2 idle cores "
-        f"(excluding missing start checkpoints); work dir {work}", flush=True)
-    if todo and not args.yes and not quick:
-        time.sleep(5)
+        f"{t} {sizes[t].updates} updates" for t in tasks) + f"; --jobs {jobs}; work dir {work}", flush=True)
 
     threads = max(1, (os.cpu_count() or 2) // jobs) if jobs > 1 else None
     restore = {task: start_checkpoint(task, work, quick, None) for task in tasks
@@ -761,17 +860,33 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     def one(run: RunId) -> Dict[str, Any]:
         # a task with nothing left to train has no start checkpoint looked up: its runs stand as they are
         record = execute_run(run, work, sizes[run.task], quick, restore.get(run.task), threads, command_line,
-                             git_rev, args.force, check_restore=run.task in restore)
+                             git_rev, args.force, check_restore=run.task in restore, jobs=jobs)
         print(f"  {run.task} {run.criterion} seed {run.seed}: train {record['train_s']:.0f} s, "
               f"eval {record['eval_s']:.0f} s ({time.time() - start:.0f} s so far)", flush=True)
         return record
 
+    todo_tasks = list(dict.fromkeys(r.task for r in todo))
+    timings = {task: measured_timing(task, work, jobs, quick) for task in todo_tasks}
+    unmeasured = [task for task in todo_tasks if timings[task] is None]
+    timed_first = runs_to_time(todo, unmeasured, jobs)
+    if timed_first:
+        print(f"no finished {', '.join(unmeasured)} run to time with --jobs {jobs}: training "
+              f"{len(timed_first)} first, then estimating the rest", flush=True)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, timed_first))
+        timings.update({task: measured_timing(task, work, jobs, quick) for task in unmeasured})
+    left = [r for r in todo if r not in timed_first]
+    if left:
+        print(describe_estimate(left, timings, sizes, jobs), flush=True)
+        if not args.yes and not quick:
+            time.sleep(5)
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, runs))
+        list(pool.map(one, [r for r in runs if r not in timed_first]))
     results = write_results(runs, work, args.out, meta)
     print_summary(results, args.out)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # bad input (UsageError, LogError, RecipeError, a missing file): "error: ..." and status 2

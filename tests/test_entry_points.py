@@ -1,0 +1,113 @@
+"""Entry points print ``error: <message>`` and exit 2 for what the user must fix; bugs keep their traceback."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from ofa_el.data.tsv import parse_selected_cols
+from ofa_el.tools import errors, evaluate
+from ofa_el.tools.make_demo_data import make_demo_data
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_data")
+    make_demo_data(str(out), seed=3, train_images=4, val_images=2, test_images=2, refcoco_train_images=4,
+                   refcoco_eval_images=2)
+    return out
+
+
+def run(module, *args, env=None):
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    full_env.pop("OFA_EL_TRACEBACK", None)
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=full_env,
+                          timeout=300, cwd=REPO_ROOT)
+
+
+def assert_user_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert line, proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in line[-1], line[-1]
+
+
+TINY = ["--task", "caption", "--arch", "ofa_tiny", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+        "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+        "--resnet-type", "resnet18", "--patch-image-size", "32", "--code-dict-size", "0", "--num-bins", "10",
+        "--criterion", "adjust_label_smoothed_encouraging_loss", "--optimizer", "adam", "--lr", "1e-4",
+        "--batch-size", "2", "--max-update", "2", "--cpu", "--num-workers", "0", "--disable-validation",
+        "--no-save", "--ignore-unused-valid-subsets", "--keep-row-order"]
+
+
+def test_train_with_a_missing_bpe_dir(data, tmp_path):
+    tsv = f"{data}/caption_stage1_train.tsv,{data}/caption_val.tsv"
+    proc = run("ofa_el.tools.train", tsv, "--bpe-dir", str(tmp_path / "nowhere"), *TINY)
+    assert_user_error(proc, str(tmp_path / "nowhere"))
+
+
+def test_train_stops_at_a_bad_row_with_file_and_row(data, tmp_path):
+    rows = (data / "caption_stage1_train.tsv").read_text().splitlines()
+    fields = rows[1].split("\t")
+    fields[4] = "not*base64"
+    rows[1] = "\t".join(fields)
+    bad = tmp_path / "caption_stage1_train.tsv"
+    bad.write_text("\n".join(rows) + "\n")
+    proc = run("ofa_el.tools.train", f"{bad},{data}/caption_val.tsv", "--bpe-dir", str(data / "bpe"), *TINY)
+    assert_user_error(proc, f"{bad}: row 2: image column: invalid base64")
+    skipped = run("ofa_el.tools.train", f"{bad},{data}/caption_val.tsv", "--bpe-dir", str(data / "bpe"), *TINY,
+                  "--skip-invalid-rows")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+
+
+def test_evaluate_with_a_missing_checkpoint(data, tmp_path):
+    proc = run("ofa_el.tools.evaluate", str(data / "caption_test.tsv"), "--path", str(tmp_path / "none.pt"),
+               "--bpe-dir", str(data / "bpe"))
+    assert_user_error(proc, "file not found", str(tmp_path / "none.pt"))
+
+
+def test_launcher_with_a_missing_recipe(tmp_path):
+    assert_user_error(run("ofa_el.tools.launch", str(tmp_path / "x.yaml")), "recipe not found")
+
+
+def test_caption_evaluation_needs_java_before_generating(monkeypatch):
+    monkeypatch.setattr(evaluate.shutil, "which", lambda name: None)
+    with pytest.raises(errors.UserError, match="java not found on PATH"):
+        evaluate.require_java()
+    monkeypatch.setattr(evaluate.shutil, "which", lambda name: "/usr/bin/java")
+    evaluate.require_java()
+
+
+def raise_here(error):
+    raise error
+
+
+def test_only_the_plugins_own_value_errors_are_user_errors():
+    with pytest.raises(ValueError) as plugin:
+        parse_selected_cols("0,x")
+    assert errors.is_user_error(plugin.value)
+    with pytest.raises(ValueError) as library:
+        json.loads("{")
+    assert not errors.is_user_error(library.value)  # raised inside the standard library: a bug, keep the traceback
+    with pytest.raises(ValueError) as test_code:
+        raise_here(ValueError("from a test"))
+    assert not errors.is_user_error(test_code.value)
+    assert errors.is_user_error(FileNotFoundError("x"))
+    assert not errors.is_user_error(RuntimeError("x"))
+
+
+def test_run_cli_exits_2_for_user_errors_and_reraises_bugs(capsys, monkeypatch):
+    monkeypatch.delenv("OFA_EL_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        errors.run_cli(lambda: raise_here(errors.UserError("the data is wrong")))
+    assert stop.value.code == 2 and capsys.readouterr().err == "error: the data is wrong\n"
+    with pytest.raises(KeyError):
+        errors.run_cli(lambda: raise_here(KeyError("bug")))
+    monkeypatch.setenv("OFA_EL_TRACEBACK", "1")
+    with pytest.raises(errors.UserError):
+        errors.run_cli(lambda: raise_here(errors.UserError("shown with its traceback")))

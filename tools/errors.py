@@ -1,0 +1,51 @@
+"""One rule for what the entry points print when something the user gave is wrong.
+
+A bad row, a missing file or a bad option is the user's to fix, and its message already says
+what and where: the entry points print ``error: <message>`` and exit with status 2 instead of a
+Python traceback. Anything else is a bug and keeps its traceback. ``OFA_EL_TRACEBACK=1`` shows
+the traceback of user errors too.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Callable, TypeVar
+
+PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXIT_USER_ERROR = 2
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Raised by entry points for a problem the user fixes (its message says what and where)."""
+
+
+def _raised_by_plugin(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is this plugin's code (a deliberate check)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return False
+    inside = os.path.relpath(os.path.abspath(frames[-1].filename), PLUGIN_DIR)
+    parts = inside.split(os.sep)
+    # a virtualenv or build folder inside a clone holds other people's code
+    return parts[0] not in ("..", ".venv", "build", "tests") and "site-packages" not in parts
+
+
+def is_user_error(err: BaseException) -> bool:
+    """A path that is not there or not readable, or a ValueError the plugin raised on purpose (bad row,
+    bad option value), is the user's; a ValueError from deep inside torch or fairseq is not."""
+    if isinstance(err, (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return True
+    return isinstance(err, ValueError) and _raised_by_plugin(err)
+
+
+def run_cli(main: Callable[[], T]) -> T:
+    """Run an entry point's ``main``; a user error becomes ``error: <message>`` and exit status 2."""
+    try:
+        return main()
+    except Exception as err:  # noqa: BLE001  (sorted into user errors and bugs right here)
+        if not is_user_error(err) or os.environ.get("OFA_EL_TRACEBACK", "") not in ("", "0"):
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
