@@ -8,6 +8,38 @@ and a sample id with two different records is an error rather than a silent doub
 CIDEr is pycocoevalcap's scorer, which is CIDEr-D (clipped n-gram weights, Gaussian length
 penalty with sigma 6, x10) exactly as OFA's training-time scorer: the only difference is
 where the document frequencies come from (see :func:`cider`).
+
+OFA's CIDEr document-frequency tables (``--eval-cider-cached-tokens`` and
+``--scst-cider-cached-tokens``: ``cider_cached_tokens/coco-{valid,train}-words.p`` of
+caption_data.zip, named in OFA-Sys/OFA ``run_scripts/caption/train_caption_stage2.sh``):
+
+* Reader: OFA-Sys/OFA ``utils/cider/pyciderevalcap/ciderD/ciderD_scorer.py``
+  (``CiderScorer.__init__`` with ``df_mode`` = the path) unpickles the file with
+  ``encoding='latin1'`` under Python 3, takes ``ref_len = np.log(float(pkl['ref_len']))`` and
+  uses ``pkl['document_frequency']`` as is, looking up ``document_frequency[ngram]`` for
+  n-grams the references may lack: OFA needs a ``collections.defaultdict(float)`` there (a
+  plain dict raises KeyError on an unseen n-gram).
+* Writer: ``scripts/prepro_ngrams.py`` of ruotianluo/self-critical.pytorch (the ``-words.p``
+  name and scst_loss's ``<eos>`` point there; OFA ships no writer, and the COCO file itself
+  was not opened for this description). The pickle is a dict with two keys:
+  ``document_frequency``, a ``defaultdict(float)`` mapping an n-gram, a tuple of 1 to 4 word
+  strings (``str.split()`` of a reference; n = 1..4), to the number of images (float) whose
+  set of references contains it (one document = all references of one image); and
+  ``ref_len``, the number of images as a plain int (the count, not its log). Its references
+  are Karpathy's lowercased, punctuation-free ``tokens`` with ``<eos>`` appended and words
+  outside the training vocabulary replaced by ``UNK``; OFA's ``criterions/scst_loss.py``
+  appends `` <eos>`` to hypotheses and references "to keep consistent with
+  cider_cached_tokens", OFA's validation appends nothing (n-grams with ``<eos>`` are then
+  never looked up). The script's 2017-2019 versions dump with ``cPickle.HIGHEST_PROTOCOL``
+  under Python 2, i.e. pickle protocol 2 (later ones: protocol 2 under Python 3, protocol 0
+  under Python 2). Both protocols name only two globals, ``collections.defaultdict`` and its
+  default factory ``__builtin__.float``; n-gram words are (unicode) strings, the counts
+  floats, ``ref_len`` an int: no numpy objects.
+
+:func:`load_cider_document_frequency` therefore unpickles with an allow-list of those two
+globals (and ``int`` as a default factory), so a crafted file cannot run code, and checks
+the structure.
+``python -m ofa_el.tools.cider_table`` writes such a table for any caption TSV.
 """
 from __future__ import annotations
 
@@ -50,21 +82,77 @@ def _comparable(value):
     return value
 
 
+#: The only globals a CIDEr table pickle names (protocols 0-2 write Python 2's ``__builtin__``).
+_CIDER_TABLE_GLOBALS = frozenset({
+    ("collections", "defaultdict"),
+    ("builtins", "float"), ("builtins", "int"),
+    ("__builtin__", "float"), ("__builtin__", "int"),
+})
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle names a global outside :data:`_CIDER_TABLE_GLOBALS`."""
+
+
+class _CiderTableUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: a crafted pickle cannot import (and so cannot call) anything else."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIDER_TABLE_GLOBALS:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_cider_table(cached, where: str) -> Tuple[Dict[tuple, float], float]:
+    """Raise ValueError, naming ``where``, unless ``cached`` has the structure of OFA's table."""
+    if not isinstance(cached, dict):
+        raise ValueError(f"{where}: expected a dict with keys 'document_frequency' and 'ref_len', "
+                         f"got {type(cached).__name__}")
+    missing = {"document_frequency", "ref_len"} - set(cached)
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {sorted(missing)}")
+    ref_len = cached["ref_len"]
+    if not _is_number(ref_len) or not np.isfinite(ref_len) or ref_len <= 0:
+        raise ValueError(f"{where}: ref_len must be a positive number (the number of images), got {ref_len!r}")
+    table = cached["document_frequency"]
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: document_frequency must be a dict, got {type(table).__name__}")
+    if isinstance(table, defaultdict) and table.default_factory not in (None, float, int):
+        raise ValueError(f"{where}: document_frequency has default factory {table.default_factory!r}")
+    for ngram, count in table.items():
+        if not (isinstance(ngram, tuple) and ngram and all(isinstance(word, str) for word in ngram)):
+            raise ValueError(f"{where}: document_frequency key {ngram!r} is not an n-gram (a tuple of strings)")
+        if not _is_number(count) or not 0 <= count <= ref_len:
+            raise ValueError(f"{where}: document_frequency[{ngram!r}] = {count!r}; expected a number of images "
+                             f"between 0 and ref_len = {ref_len!r}")
+    return table, float(ref_len)
+
+
 def load_cider_document_frequency(path: str) -> Tuple[Dict[tuple, float], float]:
     """OFA's ``--eval-cider-cached-tokens`` pickle: ``(document_frequency, ref_len)``.
 
-    The pickle (written by Python 2, hence latin-1) maps ``document_frequency`` to
-    {n-gram tuple: number of images whose references contain it} and ``ref_len`` to the
-    number of images of that reference corpus.
+    ``document_frequency`` maps an n-gram tuple to the number of images whose references
+    contain it and ``ref_len`` is the number of images of that reference corpus (format: the
+    module docstring). The file is read with latin-1 (Python 2 wrote it) through an unpickler
+    that admits nothing but dicts, tuples, strings and numbers: an untrusted table cannot run
+    code, as :func:`torch.load` with ``weights_only`` guards checkpoints.
     """
+    where = f"--eval-cider-cached-tokens {path}"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--eval-cider-cached-tokens: file not found: {path}")
     with open(path, "rb") as handle:
-        cached = pickle.load(handle, encoding="latin1")
-    missing = {"document_frequency", "ref_len"} - set(cached)
-    if missing:
-        raise ValueError(f"--eval-cider-cached-tokens {path}: missing key(s) {sorted(missing)}")
-    return cached["document_frequency"], float(cached["ref_len"])
+        try:
+            cached = _CiderTableUnpickler(handle, encoding="latin1").load()
+        except _RefusedGlobal as refused:
+            raise ValueError(f"{where}: refusing to load {str(refused)!r}: a CIDEr table holds only dicts, tuples, "
+                             "strings and numbers") from None
+        except Exception as err:  # any parse failure of an untrusted file is a bad file, not a crash
+            raise ValueError(f"{where}: not a readable CIDEr table pickle ({type(err).__name__}: {err})") from None
+    return _check_cider_table(cached, where)
 
 
 class _CachedDocumentFrequencyCiderScorer(CiderScorer):
@@ -95,10 +183,15 @@ def document_frequency_of(references: Iterable[Sequence[str]]) -> Tuple[Dict[tup
     additive, so validation split across workers or batches scores exactly like one pass.
     """
     scorer = CiderScorer(n=4, sigma=6.0)
+    images = 0
     for refs in references:
+        # One image at a time: the cooked n-gram counts of a whole training set (~12 KB an image)
+        # are dropped as soon as the image is counted.
         scorer += ("", list(refs))
-    scorer.compute_doc_freq()
-    return dict(scorer.document_frequency), float(len(scorer.crefs))
+        scorer.compute_doc_freq()
+        scorer.crefs, scorer.ctest = [], []
+        images += 1
+    return dict(scorer.document_frequency), float(images)
 
 
 def cider(records: Iterable[CaptionRecord], cached_document_frequency: Optional[str] = None,
