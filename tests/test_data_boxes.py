@@ -22,7 +22,9 @@ def quantise(box, width, height, size, num_bins, max_image_size):
 
 
 def test_ofa_worked_example():
-    # spec §2.3: 640x480 image, P = max_image_size = 512, 1000 bins.
+    # OFA's quantisation (OFA's data/mm_data/refcoco_dataset.py, with the division in utils/transforms.py's
+    # Normalize): scale the box with the P x P resize, divide by max_image_size, bin = round(coord * (num_bins - 1)).
+    # Here a 640x480 image, P = max_image_size = 512, 1000 bins: x0 230.79 -> 184.63 -> 0.3606 -> bin 360.
     bins, ratios = quantise([230.79, 121.75, 423.66, 463.06], 640, 480, 512, 1000, 512)
     assert bins.tolist() == [360, 253, 661, 964]
     box = bins_to_box(bins, 1000, 512, ratios[0], ratios[1])

@@ -1,8 +1,18 @@
-"""The OFA model: checkpoint key layout per arch, numerical identity with OFA, loading, generation, training."""
+"""The OFA model: checkpoint key layout per arch, numerical identity with OFA, loading, generation, training.
+
+The reference outputs come from OFA's own code: tests/fixtures/ofa_micro (in the repository, built by
+tests/fixtures/build_ofa_fixture.py; see its PROVENANCE.md), and, where ../shared is present, the larger shared
+micro_a fixture and the per-arch manifests.
+"""
 import argparse
+import hashlib
 import json
 import lzma
+import re
 import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict
 
 import pytest
 import torch
@@ -14,10 +24,12 @@ from conftest import SHARED_SPECS
 from ofa_el.criterions.adjust_label_smoothed_encouraging_loss import AdjustLabelSmoothedEncouragingLossCriterion
 from ofa_el.models.ofa.model import OFAModel
 
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "ofa_micro"
 OFA_SPECS = SHARED_SPECS / "ofa"
-MICRO = OFA_SPECS / "micro_a"
-needs_specs = pytest.mark.skipif(not MICRO.is_dir(),
-                                 reason=f"OFA fixture not found at {MICRO} (shared/ beside the repo)")
+MICRO_A = OFA_SPECS / "micro_a"
+needs_manifests = pytest.mark.skipif(not (OFA_SPECS / "manifest_meta.json").is_file(),
+                                     reason=f"per-arch OFA manifests not found in {OFA_SPECS} (shared/ beside the repo)")
+OUTPUT_KEYS = ("logits", "encoder_out", "incremental_logits_row0", "logits_patch_masks_true_false")
 
 
 class Task:
@@ -33,7 +45,7 @@ def parse_model_args(arch, flags):
     return args
 
 
-@needs_specs
+@needs_manifests
 @pytest.mark.parametrize("arch", ["ofa_tiny", "ofa_medium", "ofa_base", "ofa_large", "ofa_huge"])
 def test_state_dict_matches_the_official_manifest(arch):
     meta = json.loads((OFA_SPECS / "manifest_meta.json").read_text())[arch]
@@ -50,30 +62,91 @@ def test_state_dict_matches_the_official_manifest(arch):
     assert sum(unique.values()) == meta["params_unique"]
 
 
-@pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    path = tmp_path_factory.mktemp("micro") / "checkpoint.pt"
-    with lzma.open(MICRO / "checkpoint.pt.xz") as src, open(path, "wb") as dst:
+@dataclass
+class Reference:
+    """A fixture built by OFA's code: its checkpoint (decompressed), model args, inputs and OFA's outputs."""
+    checkpoint: Path
+    args: argparse.Namespace
+    dict_size: int
+    inputs: Dict
+    expected: Dict
+
+    def model_args(self, **changes) -> argparse.Namespace:
+        return argparse.Namespace(**dict(vars(self.args), **changes))
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return torch.load(self.checkpoint, weights_only=True)["model"]
+
+
+def load_reference(folder: Path, scratch: Path) -> Reference:
+    checkpoint = scratch / "checkpoint.pt"
+    with lzma.open(folder / "checkpoint.pt.xz") as src, open(checkpoint, "wb") as dst:
         shutil.copyfileobj(src, dst)
-    args = argparse.Namespace(**json.loads((MICRO / "args.json").read_text())["model_args_after_arch"])
-    return path, args, torch.load(MICRO / "inputs.pt", weights_only=True), torch.load(MICRO / "expected.pt",
-                                                                                         weights_only=True)
+    state = torch.load(checkpoint, weights_only=True)
+    return Reference(checkpoint, state["cfg"]["model"], state["model"]["encoder.embed_tokens.weight"].size(0),
+                     torch.load(folder / "inputs.pt", weights_only=True),
+                     torch.load(folder / "expected.pt", weights_only=True))
 
 
-def build_micro(micro):
-    path, args, _, _ = micro
-    model = OFAModel.build_model(argparse.Namespace(**vars(args)), Task(8597))
-    model.load_state_dict(torch.load(path, weights_only=True)["model"], strict=True)
+@pytest.fixture(scope="module")
+def ofa_micro(tmp_path_factory) -> Reference:
+    return load_reference(FIXTURE, tmp_path_factory.mktemp("ofa_micro"))
+
+
+@pytest.fixture(scope="module")
+def micro_a(tmp_path_factory) -> Reference:
+    if not MICRO_A.is_dir():
+        pytest.skip(f"shared micro_a fixture not found at {MICRO_A} (shared/ beside the repo); "
+                    "tests/fixtures/ofa_micro covers the same code paths, with 1/32-grid weights")
+    return load_reference(MICRO_A, tmp_path_factory.mktemp("micro_a"))
+
+
+def build_reference_model(reference: Reference) -> OFAModel:
+    model = OFAModel.build_model(reference.model_args(), Task(reference.dict_size))
+    model.load_state_dict(reference.state_dict(), strict=True)
     return model.eval()
 
 
 def close(a, b):
+    """micro_a's documented tolerance: float32 noise is ~1e-6, typical re-implementation mistakes move >1e-3."""
     return torch.allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@needs_specs
-def test_reproduces_ofa_outputs(micro):
-    model, (_, _, inputs, expected) = build_micro(micro), micro
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fixture_files_are_the_ones_provenance_records(ofa_micro):
+    """A partly rebuilt or edited fixture would compare against outputs OFA never produced from these weights."""
+    manifest = json.loads((FIXTURE / "manifest.json").read_text())
+    assert sha256(ofa_micro.checkpoint) == manifest["checkpoint_sha256_uncompressed"]
+    recorded = dict(re.findall(r"^\| `([\w.]+)` \| [\d,]+ \| `([0-9a-f]{64})` \|",
+                               (FIXTURE / "PROVENANCE.md").read_text(), flags=re.M))
+    assert set(recorded) == {"checkpoint.pt.xz", "inputs.pt", "expected.pt", "dict.txt", "manifest.json"}
+    assert recorded == {name: sha256(FIXTURE / name) for name in recorded}
+
+
+def test_state_dict_matches_the_fixture_manifest(ofa_micro):
+    """Keys, order, shapes and dtypes as OFA's code made them for the fixture's flags."""
+    manifest = json.loads((FIXTURE / "manifest.json").read_text())
+    model = OFAModel.build_model(ofa_micro.model_args(), Task(ofa_micro.dict_size))
+    state = model.state_dict()
+    assert {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in state.items()} \
+        == manifest["keys"]
+    assert list(state) == list(manifest["keys"])
+    assert sum(p.numel() for p in model.parameters()) == manifest["counts"]["unique_parameters"]
+    assert ofa_micro.dict_size == manifest["dictionary"]["size"]
+
+
+@pytest.mark.parametrize("fixture_name", ["ofa_micro", "micro_a"])
+def test_reproduces_ofa_outputs(fixture_name, request):
+    """Every output OFA's code produced, on the in-repo fixture and (where present) micro_a.
+
+    micro_a adds full-precision weights: ofa_micro's weights lie on a 1/32 grid (to compress), which a loader that
+    lost precision (a round trip through bf16 or fp16) would leave unchanged.
+    """
+    reference: Reference = request.getfixturevalue(fixture_name)
+    model, inputs, expected = build_reference_model(reference), reference.inputs, reference.expected
     net_input = {k: inputs[k] for k in ("src_tokens", "src_lengths", "patch_images", "patch_masks")}
     with torch.no_grad():
         logits, _ = model(**net_input, prev_output_tokens=inputs["prev_output_tokens"])
@@ -85,49 +158,44 @@ def test_reproduces_ofa_outputs(micro):
         for t in range(1, inputs["prev_output_tokens"].size(1) + 1):
             out, _ = model.decoder(inputs["prev_output_tokens"][:1, :t], encoder_out=first, incremental_state=state)
             steps.append(out[:, -1])
-    assert close(logits, expected["logits"])
-    assert close(encoder_out["encoder_out"][0], expected["encoder_out"])
+    ours = dict(zip(OUTPUT_KEYS, (logits, encoder_out["encoder_out"][0], torch.stack(steps, 1), masked)))
+    for key in OUTPUT_KEYS:
+        assert ours[key].shape == expected[key].shape, key
+        assert close(ours[key], expected[key]), f"{key}: max |diff| {(ours[key] - expected[key]).abs().max():.3g}"
     assert torch.equal(encoder_out["encoder_padding_mask"][0], expected["encoder_padding_mask"])
-    assert close(torch.stack(steps, 1), expected["incremental_logits_row0"])
-    assert close(masked, expected["logits_patch_masks_true_false"])
 
 
-@needs_specs
-def test_loads_through_fairseq_checkpoint_utils(micro):
+def test_loads_through_fairseq_checkpoint_utils(ofa_micro):
     """fairseq's loader on torch >= 2.6 (weights_only), with the plugin's allow-list."""
-    path, _, inputs, expected = micro
-    state = checkpoint_utils.load_checkpoint_to_cpu(str(path))
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(ofa_micro.checkpoint))
     assert isinstance(state["cfg"]["model"], argparse.Namespace)
-    model = OFAModel.build_model(state["cfg"]["model"], Task(8597))
+    model = OFAModel.build_model(state["cfg"]["model"], Task(ofa_micro.dict_size))
     model.load_state_dict(state["model"], strict=True, model_cfg=state["cfg"]["model"])
+    inputs = ofa_micro.inputs
     with torch.no_grad():
         logits, _ = model.eval()(**{k: inputs[k] for k in ("src_tokens", "src_lengths", "patch_images",
                                                           "patch_masks", "prev_output_tokens")})
-    assert close(logits, expected["logits"])
+    assert close(logits, ofa_micro.expected["logits"])
 
 
-@needs_specs
-def test_smaller_and_larger_dictionaries_are_adapted(micro, caplog):
-    path, args, inputs, _ = micro
-    state = torch.load(path, weights_only=True)["model"]
-    bigger = OFAModel.build_model(argparse.Namespace(**vars(args)), Task(8597 + 20))  # e.g. more --num-bins
+def test_smaller_and_larger_dictionaries_are_adapted(ofa_micro, caplog):
+    size, state = ofa_micro.dict_size, ofa_micro.state_dict()
+    bigger = OFAModel.build_model(ofa_micro.model_args(), Task(size + 20))  # e.g. more --num-bins
     with caplog.at_level("INFO"):
-        bigger.load_state_dict(dict(state), strict=True, model_cfg=args)
-    assert "padded from 8597 to 8617 rows" in caplog.text
-    assert torch.equal(bigger.encoder.embed_tokens.weight[:8597], state["encoder.embed_tokens.weight"])
-    smaller = OFAModel.build_model(argparse.Namespace(**vars(args)), Task(8596))  # no <mask>: one row fewer
-    smaller.load_state_dict(dict(state), strict=True, model_cfg=args)
+        bigger.load_state_dict(dict(state), strict=True, model_cfg=ofa_micro.model_args())
+    assert f"padded from {size} to {size + 20} rows" in caplog.text
+    assert torch.equal(bigger.encoder.embed_tokens.weight[:size], state["encoder.embed_tokens.weight"])
+    smaller = OFAModel.build_model(ofa_micro.model_args(), Task(size - 1))  # no <mask>: one row fewer
+    smaller.load_state_dict(dict(state), strict=True, model_cfg=ofa_micro.model_args())
     assert torch.equal(smaller.decoder.output_projection.weight, state["encoder.embed_tokens.weight"][:-1])
 
 
-@needs_specs
-def test_wrong_arch_is_refused_with_the_mismatched_keys(micro):
-    path, args, _, _ = micro
-    other = argparse.Namespace(**dict(vars(args), encoder_layers=3, encoder_ffn_embed_dim=96))
-    model = OFAModel.build_model(other, Task(8597))
-    expected = r"encoder\.layers\.0\.fc1\.weight: checkpoint \(128, 64\) vs model \(96, 64\)"
+def test_wrong_arch_is_refused_with_the_mismatched_keys(ofa_micro):
+    other = ofa_micro.model_args(encoder_layers=3, encoder_ffn_embed_dim=96)
+    model = OFAModel.build_model(other, Task(ofa_micro.dict_size))
+    expected = r"encoder\.layers\.0\.fc1\.weight: checkpoint \(64, 32\) vs model \(96, 32\)"
     with pytest.raises(ValueError, match=expected):
-        model.load_state_dict(torch.load(path, weights_only=True)["model"], strict=True, model_cfg=other)
+        model.load_state_dict(ofa_micro.state_dict(), strict=True, model_cfg=other)
 
 
 def tiny_args(**overrides):
