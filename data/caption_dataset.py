@@ -1,15 +1,61 @@
 """COCO captioning samples, preprocessed as OFA's caption task does (spec §2.2)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
-from .ofa_dataset import OFADataset, image_to_tensor
+from PIL import Image
+
+from .ofa_dataset import OFADataset, RowParser, image_to_tensor
 from .text import TextCodec, clean_references, clean_train_caption
 
 #: The encoder text for every caption sample (GPT-2 BPE; note the leading space).
 CAPTION_PROMPT = " what does the image describe?"
 #: Separator of the references in the caption column of valid/test files.
 REFERENCE_SEPARATOR = "&&"
+#: OFA's caption defaults: ``--selected-cols`` (uniq-id, image, caption) and ``--patch-image-size``.
+CAPTION_SELECTED_COLS = "0,4,2"
+CAPTION_PATCH_IMAGE_SIZE = 480
+
+
+@dataclass
+class CaptionRow:
+    """A checked caption row: the decoded image and the cleaned target text (and references outside train)."""
+
+    uniq_id: str
+    image: Image.Image
+    target_text: str
+    references: Optional[List[str]]
+
+
+@dataclass
+class CaptionRowParser(RowParser):
+    """The caption checks: image decodes; the caption (train) or every ``&&``-joined reference
+    (other splits) is non-empty after OFA's cleaning."""
+
+    FIELDS: ClassVar[Tuple[str, ...]] = ("uniq_id", "image", "caption")
+
+    patch_image_size: int = CAPTION_PATCH_IMAGE_SIZE
+    split: str = "train"
+    max_tgt_length: int = 30
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_tgt_length < 1:
+            raise ValueError(f"--max-tgt-length must be positive, got {self.max_tgt_length}")
+
+    def parse(self, fields: Dict[str, str]) -> CaptionRow:
+        image = self.load_image(fields["image"])
+        if self.split == "train":
+            target_text = clean_train_caption(fields["caption"], self.max_tgt_length)
+            if not target_text:
+                raise ValueError(f"caption column is empty after cleaning: {fields['caption']!r}")
+            return CaptionRow(fields["uniq_id"], image, target_text, None)
+        references = clean_references(fields["caption"])
+        empty = [k + 1 for k, ref in enumerate(references) if not ref]
+        if empty:
+            raise ValueError(f"caption column: reference(s) {empty} of {len(references)} empty after cleaning")
+        return CaptionRow(fields["uniq_id"], image, REFERENCE_SEPARATOR.join(references), references)
 
 
 class CaptionDataset(OFADataset):
@@ -21,31 +67,20 @@ class CaptionDataset(OFADataset):
     on); the references themselves are also kept in the sample (``references``) for CIDEr.
     """
 
-    FIELDS = ("uniq_id", "image", "caption")
+    FIELDS = CaptionRowParser.FIELDS
 
-    def __init__(self, path: str, split: str, codec: TextCodec, selected_cols: Union[str, Sequence[int]] = "0,4,2",
-                 patch_image_size: int = 480, max_tgt_length: int = 30, **kwargs):
-        super().__init__(path, split, codec, selected_cols, patch_image_size, **kwargs)
-        if max_tgt_length < 1:
-            raise ValueError(f"--max-tgt-length must be positive, got {max_tgt_length}")
+    def __init__(self, path: str, split: str, codec: TextCodec,
+                 selected_cols: Union[str, Sequence[int]] = CAPTION_SELECTED_COLS,
+                 patch_image_size: int = CAPTION_PATCH_IMAGE_SIZE, max_tgt_length: int = 30, **kwargs):
+        parser = CaptionRowParser(patch_image_size, split=split, max_tgt_length=max_tgt_length)
+        super().__init__(path, split, codec, selected_cols, parser, **kwargs)
         self.max_tgt_length = max_tgt_length
         self.source = self.encode_source(CAPTION_PROMPT)
 
     def build_sample(self, index: int, fields: Dict[str, str]) -> Dict[str, Any]:
-        image = image_to_tensor(self.load_image(index, fields["image"]), self.patch_image_size)
-        if self.split == "train":
-            target_text = clean_train_caption(fields["caption"], self.max_tgt_length)
-            if not target_text:
-                raise self.row_error(index, f"caption column is empty after cleaning: {fields['caption']!r}")
-            references = None
-        else:
-            references = clean_references(fields["caption"])
-            empty = [k + 1 for k, ref in enumerate(references) if not ref]
-            if empty:
-                raise self.row_error(
-                    index, f"caption column: reference(s) {empty} of {len(references)} empty after cleaning")
-            target_text = REFERENCE_SEPARATOR.join(references)
-        sample = self.base_sample(fields["uniq_id"], image, self.source, self.codec.encode(" " + target_text))
-        if references is not None:
-            sample["references"] = references
+        row: CaptionRow = self.parse(index, fields)
+        image = image_to_tensor(row.image, self.patch_image_size)
+        sample = self.base_sample(row.uniq_id, image, self.source, self.codec.encode(" " + row.target_text))
+        if row.references is not None:
+            sample["references"] = row.references
         return sample

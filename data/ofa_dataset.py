@@ -1,8 +1,10 @@
 """Base dataset shared by caption and refcoco: TSV rows -> OFA samples -> OFA batches.
 
-Subclasses turn one row's selected fields into a sample with :meth:`OFADataset.build_sample`;
-everything else (image decoding and transform, token sequences, bad-row policy, batching,
-epoch-seeded shuffling) lives here.
+Each task checks and decodes a row's selected fields with a :class:`RowParser`, which needs no
+BPE, so that ``tools/check_data.py`` runs exactly the checks training runs; the subclass's
+:meth:`OFADataset.build_sample` parses with it and then tokenises. Everything else (image
+decoding and transform, token sequences, bad-row policy, batching, epoch-seeded shuffling)
+lives here.
 """
 from __future__ import annotations
 
@@ -11,15 +13,16 @@ import binascii
 import io
 import logging
 import multiprocessing
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .text import TextCodec
-from .tsv import InvalidRowError, TsvFile
+from .tsv import InvalidRowError, TsvFile, parse_selected_cols
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,9 @@ def decode_image(field: str) -> Image.Image:
         image.load()
         return image.convert("RGB")
     except _IMAGE_ERRORS as err:
-        raise ValueError(f"undecodable or truncated image ({type(err).__name__}: {err})") from None
+        # PIL's message for an unknown format names the BytesIO object's address, which differs per run
+        detail = "not an image format PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise ValueError(f"undecodable or truncated image ({type(err).__name__}: {detail})") from None
 
 
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
@@ -72,8 +77,9 @@ def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return pixels.sub_(_MEAN_255).div_(_STD_255)  # == (pixels / 255 - mean) / std, in place
 
 
-class SkippedRowCounter:
-    """Number of rows skipped this epoch, shared with forked/spawned DataLoader workers."""
+class RowCounter:
+    """A number of rows this epoch (skipped as invalid, boxes clipped, ...), shared with forked or
+    spawned DataLoader workers, so that the training process can log what the workers saw."""
 
     def __init__(self):
         self._count = multiprocessing.Value("q", 0)
@@ -91,6 +97,47 @@ class SkippedRowCounter:
             self._count.value = 0
 
 
+def selected_field_columns(selected_cols: Union[None, str, Sequence[int]], field_names: Sequence[str],
+                           owner: str) -> Tuple[int, ...]:
+    """``--selected-cols`` parsed, checked to name exactly one column per field of ``owner``."""
+    columns = parse_selected_cols(selected_cols)
+    if columns is None or len(columns) != len(field_names):
+        raise ValueError(f"--selected-cols {selected_cols!r}: {owner} needs {len(field_names)} columns "
+                         f"({', '.join(field_names)})")
+    return columns
+
+
+@dataclass
+class RowParser:
+    """Checks and decodes one row's named fields without a BPE; the one place a task's row checks live.
+
+    :meth:`parse` raises ``ValueError`` with the reason (no file or row: the caller knows those).
+    Subclasses set ``FIELDS`` and add their options; options are checked on construction, so
+    training and ``check_data`` reject the same bad values.
+    """
+
+    #: Names of the selected fields, in ``--selected-cols`` order.
+    FIELDS: ClassVar[Tuple[str, ...]] = ()
+
+    patch_image_size: int
+
+    def __post_init__(self):
+        if self.patch_image_size < 1:
+            raise ValueError(f"--patch-image-size must be positive, got {self.patch_image_size}")
+
+    def parse(self, fields: Dict[str, str]) -> Any:
+        """What ``build_sample`` needs from the row, or ``ValueError(reason)``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def load_image(field: str) -> Image.Image:
+        """The image column decoded in full; the reason names the column."""
+        try:
+            return decode_image(field)
+        except ValueError as err:
+            raise ValueError(f"image column: {err}") from None
+
+
 class OFADataset(FairseqDataset):
     """Rows of one TSV file (this rank's shard) as OFA samples.
 
@@ -99,14 +146,15 @@ class OFADataset(FairseqDataset):
         split: ``"train"`` or an evaluation split name (subclasses clean text differently).
         codec: BPE + dictionary.
         selected_cols: ``--selected-cols``; must select exactly ``len(self.FIELDS)`` columns.
-        patch_image_size: side P of the square model input.
+        parser: the task's row checks and options (its ``patch_image_size`` is the side P of
+            the square model input).
         skip_invalid_rows: return None for a malformed row (the collater drops it) and count
             it, instead of raising :class:`InvalidRowError`.
         shuffle, seed: :meth:`ordered_indices` is a permutation seeded by ``(seed, epoch)``.
         slice_id, slice_count: this rank's shard of the file (default: torch.distributed).
     """
 
-    #: Names of the selected fields, in ``--selected-cols`` order.
+    #: Names of the selected fields, in ``--selected-cols`` order (the parser's).
     FIELDS: Tuple[str, ...] = ()
 
     def __init__(
@@ -115,26 +163,23 @@ class OFADataset(FairseqDataset):
         split: str,
         codec: TextCodec,
         selected_cols: Union[str, Sequence[int]],
-        patch_image_size: int,
+        parser: RowParser,
         skip_invalid_rows: bool = False,
         shuffle: bool = False,
         seed: int = 1,
         slice_id: Optional[int] = None,
         slice_count: Optional[int] = None,
     ):
+        selected_field_columns(selected_cols, self.FIELDS, type(self).__name__)
         self.tsv = TsvFile(path, selected_cols, slice_id=slice_id, slice_count=slice_count)
-        if self.tsv.selected_cols is None or len(self.tsv.selected_cols) != len(self.FIELDS):
-            raise ValueError(
-                f"--selected-cols {selected_cols!r}: {type(self).__name__} needs {len(self.FIELDS)} columns "
-                f"({', '.join(self.FIELDS)})")
-        if patch_image_size < 1:
-            raise ValueError(f"--patch-image-size must be positive, got {patch_image_size}")
+        self.parser = parser
         self.split = split
         self.codec = codec
         self.dictionary = codec.dictionary
-        self.patch_image_size = patch_image_size
+        self.patch_image_size = parser.patch_image_size
         self.skip_invalid_rows = skip_invalid_rows
-        self.skipped_rows = SkippedRowCounter()
+        self.skipped_rows = RowCounter()
+        self.clipped_rows = RowCounter()
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 1
@@ -153,19 +198,20 @@ class OFADataset(FairseqDataset):
             return None
 
     def build_sample(self, index: int, fields: Dict[str, str]) -> Dict[str, Any]:
-        """One sample from the named fields of row ``index``; raise :meth:`row_error` if it is malformed."""
+        """One sample from the named fields of row ``index``: :meth:`parse`, then tokenise."""
         raise NotImplementedError
+
+    def parse(self, index: int, fields: Dict[str, str]) -> Any:
+        """The parser's checked, decoded row; a malformed row raises :class:`InvalidRowError` with its file and row."""
+        try:
+            return self.parser.parse(fields)
+        except ValueError as err:
+            raise self.row_error(index, str(err)) from None
 
     def row_error(self, index: int, reason: str) -> InvalidRowError:
         return InvalidRowError(self.tsv.path, self.tsv.row_number(index), reason)
 
     # -- pieces shared by the subclasses ---------------------------------------------------
-
-    def load_image(self, index: int, field: str) -> Image.Image:
-        try:
-            return decode_image(field)
-        except ValueError as err:
-            raise self.row_error(index, f"image column: {err}") from None
 
     def encode_source(self, prompt: str) -> torch.LongTensor:
         """``[bos] + encode(prompt) + [eos]``."""
@@ -192,15 +238,21 @@ class OFADataset(FairseqDataset):
             "prev_output_tokens": prev_output_tokens,
         }
 
-    # -- skipped rows ------------------------------------------------------------------------
+    # -- per-epoch row counts ----------------------------------------------------------------
 
     @property
     def num_skipped_rows(self) -> int:
-        """Rows skipped since the last :meth:`reset_skipped_rows` (log it, then reset, each epoch)."""
+        """Invalid rows skipped since the last :meth:`reset_row_counts` (log it, then reset, each epoch)."""
         return self.skipped_rows.value
 
-    def reset_skipped_rows(self) -> None:
+    @property
+    def num_clipped_rows(self) -> int:
+        """Rows used with their box clipped to the image since the last :meth:`reset_row_counts`."""
+        return self.clipped_rows.value
+
+    def reset_row_counts(self) -> None:
         self.skipped_rows.reset()
+        self.clipped_rows.reset()
 
     # -- order and batching ------------------------------------------------------------------
 

@@ -135,12 +135,16 @@ class OFATask(FairseqTask):
         return split == "train" and len(self.data_paths()) > 2
 
     def begin_epoch(self, epoch: int, model) -> None:
+        """Log each dataset's rows skipped as invalid (a warning) and rows whose box was clipped to the image
+        since the last epoch began, then reset both counts, so each line covers one epoch."""
         for split, dataset in self.datasets.items():
             skipped = getattr(dataset, "num_skipped_rows", 0)
-            if skipped:
-                logger.warning("%s: skipped %d invalid rows of %s before epoch %d", split, skipped,
-                               dataset.tsv.path, epoch)
-                dataset.reset_skipped_rows()
+            clipped = getattr(dataset, "num_clipped_rows", 0)
+            if skipped or clipped:
+                logger.log(logging.WARNING if skipped else logging.INFO,
+                           "%s: skipped %d invalid rows, clipped the box of %d rows to the image, of %s before "
+                           "epoch %d", split, skipped, clipped, dataset.tsv.path, epoch)
+                dataset.reset_row_counts()
 
     @property
     def source_dictionary(self):

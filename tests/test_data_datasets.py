@@ -228,10 +228,13 @@ def test_empty_reference_is_a_bad_row(tmp_path, codec):
 @pytest.mark.parametrize("region,reason", [
     ("1,2,3", "expected 4 comma-separated numbers"),
     ("1,2,a,4", "expected 4 numbers"),
+    ("1,2,inf,4", "coordinates must be finite"),
     ("5,2,5,8", "x1 <= x0"),
     ("1,9,5,8", "y1 <= y0"),
-    ("1,2,45,8", "outside the 40x20 image"),
-    ("-3,2,5,8", "outside the 40x20 image"),
+    ("1,2,45,8", r"outside the 40x20 image by 5 px \(x1 = 45 > width 40\)"),
+    ("-3,2,5,8", r"outside the 40x20 image by 3 px \(x0 = -3 < 0\)"),
+    ("1,2,5,21.25", r"outside the 40x20 image by 1.25 px \(y1 = 21.25 > height 20\)"),
+    ("40.25,2,40.75,8", "is empty once clipped to the 40x20 image"),
 ])
 def test_refcoco_bad_regions(tmp_path, codec, region, reason):
     path = write_tsv(tmp_path / "r.tsv", [refcoco_row("a", "x", "1,1,4,4"), refcoco_row("b", "thing", region)])
@@ -257,7 +260,7 @@ def test_skip_invalid_rows_counts_and_collater_drops_them(tmp_path, codec):
     assert [s is None for s in samples] == [False, True, True, False, True]
     assert dataset.num_skipped_rows == 3
     assert dataset.collater(samples)["id"].tolist() == ["0", "3"]
-    dataset.reset_skipped_rows()
+    dataset.reset_row_counts()
     assert dataset.num_skipped_rows == 0
     loader = torch.utils.data.DataLoader(dataset, batch_size=5, num_workers=1, collate_fn=dataset.collater)
     assert next(iter(loader))["nsentences"] == 2
@@ -311,3 +314,54 @@ def test_fairseq_epoch_iterator_runs_on_the_dataset(tmp_path, codec):
     epoch_itr = iterators.EpochBatchIterator(dataset, dataset.collater, batches, seed=1, epoch=1)
     seen = [batch for batch in epoch_itr.next_epoch_itr(shuffle=False)]
     assert [sorted(b["id"].tolist()) if b else [] for b in seen] == [["3", "4"], []]
+
+
+# -- boxes a fraction of a pixel outside the image (COCO's float x,y,w,h) ------------------------
+
+CLIPPED_REGION = "140.00,20.00,210.00,213.50"  # on a 320x213 image: y1 is half a pixel below the image
+
+
+def grounding_dataset(tmp_path, codec, regions, **options):
+    rows = [refcoco_row(f"r{i}", "the red one", region, image_b64(320, 213)) for i, region in enumerate(regions)]
+    return RefcocoDataset(write_tsv(tmp_path / "r.tsv", rows), "train", codec, patch_image_size=P, num_bins=100,
+                          slice_id=0, slice_count=1, **options)
+
+
+def test_box_within_a_pixel_of_the_image_is_clipped_and_counted(tmp_path, codec):
+    dataset = grounding_dataset(tmp_path, codec, [CLIPPED_REGION, "140,20,210,213", "-0.5,0,10,10"])
+    clipped, inside, left = dataset[0], dataset[1], dataset[2]
+    assert clipped["region_coord"].tolist() == [140.0, 20.0, 210.0, 213.0]
+    assert clipped["target"].tolist() == inside["target"].tolist()  # quantised as the box inside the image
+    assert codec.decode(clipped["target"]) == "<bin_43><bin_9><bin_65><bin_99>"
+    assert left["region_coord"].tolist() == [0.0, 0.0, 10.0, 10.0]
+    assert dataset.num_clipped_rows == 2 and dataset.num_skipped_rows == 0
+    batch = dataset.collater([clipped, inside])
+    assert batch["region_coords"][:, 3].tolist() == [213.0, 213.0]  # evaluation scores against the clipped box
+    dataset.reset_row_counts()
+    assert dataset.num_clipped_rows == 0
+
+
+GROUNDING_BAD_REGIONS = [
+    ("140,20,210,215", r"outside the 320x213 image by 2 px \(y1 = 215 > height 213\)"),
+    ("210,20,140,213", "x1 <= x0"),
+    ("140,20,210", "expected 4 comma-separated numbers"),
+]
+
+
+@pytest.mark.parametrize("region,reason", GROUNDING_BAD_REGIONS)
+def test_box_beyond_a_pixel_inverted_or_malformed_is_invalid(tmp_path, codec, region, reason):
+    dataset = grounding_dataset(tmp_path, codec, [CLIPPED_REGION, region])
+    with pytest.raises(InvalidRowError, match=reason) as info:
+        dataset[1]
+    assert (info.value.path, info.value.row) == (dataset.tsv.path, 2)
+    assert str(info.value).startswith(f"{dataset.tsv.path}: row 2: region column: ")
+    assert dataset.num_clipped_rows == 0
+
+
+def test_skipping_drops_bad_boxes_but_keeps_the_clipped_one(tmp_path, codec):
+    regions = [CLIPPED_REGION] + [region for region, _ in GROUNDING_BAD_REGIONS] + ["1,2,3,4"]
+    dataset = grounding_dataset(tmp_path, codec, regions, skip_invalid_rows=True)
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert [sample is None for sample in samples] == [False, True, True, True, False]
+    assert samples[0]["region_coord"].tolist() == [140.0, 20.0, 210.0, 213.0]
+    assert (dataset.num_skipped_rows, dataset.num_clipped_rows) == (3, 1)

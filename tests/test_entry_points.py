@@ -61,8 +61,13 @@ def test_train_stops_at_a_bad_row_with_file_and_row(data, tmp_path):
     proc = run("ofa_el.tools.train", f"{bad},{data}/caption_val.tsv", "--bpe-dir", str(data / "bpe"), *TINY)
     assert_user_error(proc, f"{bad}: row 2: image column: invalid base64")
     skipped = run("ofa_el.tools.train", f"{bad},{data}/caption_val.tsv", "--bpe-dir", str(data / "bpe"), *TINY,
-                  "--skip-invalid-rows")
+                  "--skip-invalid-rows", "--tensorboard-logdir", str(tmp_path / "tb"))
     assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "tensorboardX" not in skipped.stderr  # installed: no "Please install tensorboardX" at start
+    log = skipped.stdout + skipped.stderr
+    assert "DEBUG" not in log and "hydra" not in log.lower()  # no third-party debug lines or hydra deprecations
+    assert "skipped 1 invalid rows" in log
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))  # --tensorboard-logdir works
 
 
 def test_evaluate_with_a_missing_checkpoint(data, tmp_path):

@@ -1,15 +1,20 @@
-"""One rule for what the entry points print when something the user gave is wrong.
+"""What the entry points print: one rule for user errors, and logs without third-party noise.
 
 A bad row, a missing file or a bad option is the user's to fix, and its message already says
 what and where: the entry points print ``error: <message>`` and exit with status 2 instead of a
 Python traceback. Anything else is a bug and keeps its traceback. ``OFA_EL_TRACEBACK=1`` shows
 the traceback of user errors too.
+
+Importing fairseq leaves the root logger at DEBUG, so every PNG chunk PIL reads and hydra's
+start-up would be logged; :func:`quiet_logs` keeps INFO for everyone else.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
+import warnings
 from typing import Callable, TypeVar
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +43,19 @@ def is_user_error(err: BaseException) -> bool:
     if isinstance(err, (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
         return True
     return isinstance(err, ValueError) and _raised_by_plugin(err)
+
+
+#: Libraries that log at DEBUG/INFO what nobody running a recipe needs to read.
+NOISY_LOGGERS = ("PIL", "hydra", "matplotlib", "urllib3", "h5py")
+
+
+def quiet_logs() -> None:
+    """Root logger at INFO (fairseq's own lines stay), the noisy libraries at WARNING, and fairseq's
+    hydra deprecation warnings (about fairseq's use of hydra, nothing a user can change) hidden."""
+    logging.getLogger().setLevel(logging.INFO)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"(?is).*hydra")
 
 
 def run_cli(main: Callable[[], T]) -> T:

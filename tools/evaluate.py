@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import claim_folder_name
-from .errors import UserError, run_cli
+from .errors import UserError, quiet_logs, run_cli
 
 logger = logging.getLogger("ofa_el.evaluate")
 
@@ -144,16 +144,10 @@ def write_json(args, path: str, predictions: List[Dict[str, Any]]) -> None:
     print(f"predictions: {out}")
 
 
-def quiet_third_party_loggers() -> None:
-    """Only this tool's and fairseq's INFO lines: PIL logs every PNG chunk at DEBUG, and others follow suit."""
+def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
                         force=True)
-    for name in ("PIL", "matplotlib", "urllib3", "h5py"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
-    quiet_third_party_loggers()
+    quiet_logs()
     args = parse_args(argv)
     claim_folder_name()  # the checkpoint's --user-dir names this folder
     paths = [p for p in args.data.split(",") if p]

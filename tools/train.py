@@ -18,7 +18,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import run_cli
+from .errors import quiet_logs, run_cli
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,6 +107,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from .. import claim_folder_name
 
     claim_folder_name()
+    quiet_logs()
     argv = with_user_dir(list(sys.argv[1:] if argv is None else argv))
     argv = resume_or_restore(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
     sys.argv = [sys.argv[0]] + with_cpu_torchrun(argv)
