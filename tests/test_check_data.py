@@ -177,6 +177,7 @@ def test_as_a_module_with_options(refcoco_file, subprocess_env, capsys):
     assert result.returncode == 1
     assert without_times(result.stdout.splitlines()) == without_times(in_process[1])
     assert "Traceback" not in result.stderr
+    assert "DEBUG" not in result.stderr  # fairseq's import leaves the root logger at DEBUG; PIL would log every chunk
 
 
 def test_usage_errors_exit_2_without_traceback(capsys, tmp_path, refcoco_file):

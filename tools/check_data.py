@@ -29,6 +29,7 @@ from ..data.caption_dataset import CAPTION_PATCH_IMAGE_SIZE, CAPTION_SELECTED_CO
 from ..data.ofa_dataset import RowParser, selected_field_columns
 from ..data.refcoco_dataset import REFCOCO_PATCH_IMAGE_SIZE, REFCOCO_SELECTED_COLS, RefcocoRowParser
 from ..data.tsv import InvalidRowError, TsvFile
+from .errors import quiet_logs
 
 #: Rows per block handed to a worker: large enough to amortise the hand-over, small enough to
 #: keep every worker busy and the results printed soon after they are known.
@@ -182,6 +183,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Check the files; the exit status (0 all rows usable, 1 some bad, 2 usage error)."""
+    quiet_logs()
     args = parse_args(argv)
     spec = TASKS[args.task]
     started = time.perf_counter()

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..data.scoring import document_frequency_of
 from ..data.text import clean_references
 from ..data.tsv import TsvFile, parse_selected_cols
-from .errors import UserError
+from .errors import UserError, quiet_logs
 
 #: OFA's caption TSV columns: uniq-id, image-id, caption, object labels, image (base64).
 DEFAULT_COLUMNS = "1,2"
@@ -106,6 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f"end every reference with {SCST_END_TOKEN!r}, as OFA's SCST criterion "
                         "(--scst-cider-cached-tokens) ends hypotheses and references; validation appends nothing")
     args = parser.parse_args(argv)
+    quiet_logs()
     try:
         columns = parse_columns(args.selected_cols)
         check_output(args.output)
