@@ -135,15 +135,23 @@ class OFATask(FairseqTask):
         return split == "train" and len(self.data_paths()) > 2
 
     def begin_epoch(self, epoch: int, model) -> None:
-        """Log each dataset's rows skipped as invalid (a warning) and rows whose box was clipped to the image
-        since the last epoch began, then reset both counts, so each line covers one epoch."""
+        self.report_row_counts(f"epoch {epoch} begins")
+
+    def begin_valid_epoch(self, epoch: int, model) -> None:
+        """Validation follows each training epoch: report that epoch's counts before the validation lines."""
+        self.report_row_counts(f"validation of epoch {epoch} begins")
+
+    def report_row_counts(self, moment: str) -> None:
+        """Log each dataset's rows skipped as invalid (a warning) and boxes clipped to the image since the last
+        report, then reset both counts. Reports come as each epoch and each validation begin, so the rows
+        fairseq reads ahead (its first batch, before epoch 1) are counted too."""
         for split, dataset in self.datasets.items():
             skipped = getattr(dataset, "num_skipped_rows", 0)
             clipped = getattr(dataset, "num_clipped_rows", 0)
             if skipped or clipped:
                 logger.log(logging.WARNING if skipped else logging.INFO,
-                           "%s: skipped %d invalid rows, clipped the box of %d rows to the image, of %s before "
-                           "epoch %d", split, skipped, clipped, dataset.tsv.path, epoch)
+                           "%s: skipped %d invalid rows, clipped the box of %d rows to the image, of %s (rows read "
+                           "since the last report; %s)", split, skipped, clipped, dataset.tsv.path, moment)
                 dataset.reset_row_counts()
 
     @property

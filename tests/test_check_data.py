@@ -199,7 +199,7 @@ def test_usage_errors_exit_2_without_traceback(capsys, tmp_path, refcoco_file):
         assert capsys.readouterr().err.startswith("error: ")
 
 
-# -- OFATask.begin_epoch logs both counts and resets them ------------------------------------------
+# -- OFATask reports both counts as epochs and validations begin, and resets them ------------------------------------------
 
 def test_begin_epoch_logs_skipped_and_clipped_rows_then_resets(tmp_path, caplog):
     write_bpe(str(tmp_path / "bpe"), ["the red one", "the red square"], vocab_size=300)
@@ -216,13 +216,13 @@ def test_begin_epoch_logs_skipped_and_clipped_rows_then_resets(tmp_path, caplog)
     with caplog.at_level(logging.INFO, logger="ofa_el.tasks.ofa_task"):
         task.begin_epoch(3, model=None)
         dataset[0]  # only a clipped row in the next epoch: an info line, not a warning
-        task.begin_epoch(4, model=None)
-        task.begin_epoch(5, model=None)  # nothing counted since: nothing logged
+        task.begin_valid_epoch(3, model=None)  # the end of epoch 3: its counts come before validation's lines
+        task.begin_epoch(4, model=None)  # nothing counted since: nothing logged
     records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "ofa_el.tasks.ofa_task"]
     assert records == [
         (logging.WARNING, f"train: skipped 2 invalid rows, clipped the box of 2 rows to the image, of {path} "
-                          "before epoch 3"),
+                          "(rows read since the last report; epoch 3 begins)"),
         (logging.INFO, f"train: skipped 0 invalid rows, clipped the box of 1 rows to the image, of {path} "
-                       "before epoch 4"),
+                       "(rows read since the last report; validation of epoch 3 begins)"),
     ]
     assert (dataset.num_skipped_rows, dataset.num_clipped_rows) == (0, 0)

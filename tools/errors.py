@@ -50,12 +50,13 @@ NOISY_LOGGERS = ("PIL", "hydra", "matplotlib", "urllib3", "h5py")
 
 
 def quiet_logs() -> None:
-    """Root logger at INFO (fairseq's own lines stay), the noisy libraries at WARNING, and fairseq's
-    hydra deprecation warnings (about fairseq's use of hydra, nothing a user can change) hidden."""
+    """Root logger at INFO (fairseq's own lines stay), the noisy libraries at WARNING, and warnings about
+    fairseq's own use of hydra and of pin_memory on a CPU (nothing a user can change) hidden."""
     logging.getLogger().setLevel(logging.INFO)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"(?is).*hydra")
+    warnings.filterwarnings("ignore", message=r".*'pin_memory' argument is set as true but no accelerator")
 
 
 def run_cli(main: Callable[[], T]) -> T:
