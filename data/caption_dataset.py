@@ -1,4 +1,4 @@
-"""COCO captioning samples, preprocessed as OFA's caption task does (spec §2.2)."""
+"""COCO captioning samples, preprocessed as OFA's caption task does (OFA's data/mm_data/caption_dataset.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
-from .ofa_dataset import OFADataset, RowParser, image_to_tensor
+from .ofa_dataset import BASE_BATCH_EXTRAS, OFADataset, RowParser, image_to_tensor
 from .text import TextCodec, clean_references, clean_train_caption
 
 #: The encoder text for every caption sample (GPT-2 BPE; note the leading space).
@@ -68,6 +68,8 @@ class CaptionDataset(OFADataset):
     """
 
     FIELDS = CaptionRowParser.FIELDS
+    #: Evaluation splits keep their cleaned references for CIDEr.
+    BATCH_EXTRAS = {**BASE_BATCH_EXTRAS, "references": "references"}
 
     def __init__(self, path: str, split: str, codec: TextCodec,
                  selected_cols: Union[str, Sequence[int]] = CAPTION_SELECTED_COLS,

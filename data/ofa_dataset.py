@@ -38,6 +38,10 @@ _STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
 #: Per-sample keys the collater lays out itself; any other key is an extra (see :func:`collate`).
 _CORE_KEYS = frozenset({"id", "source", "patch_image", "patch_mask", "target", "prev_output_tokens"})
 
+#: Per-sample keys beyond the core ones, and their batch names, that every OFA dataset may emit: ``conf``, a
+#: sample's confidence (OFA's VQA emits it), which the criteria read as ``sample["conf"]`` to weight its tokens.
+BASE_BATCH_EXTRAS: Dict[str, str] = {"conf": "conf"}
+
 
 def decode_base64(field: str) -> bytes:
     """Strict base64 decoding that accepts both the URL-safe and the standard alphabet.
@@ -156,6 +160,8 @@ class OFADataset(FairseqDataset):
 
     #: Names of the selected fields, in ``--selected-cols`` order (the parser's).
     FIELDS: Tuple[str, ...] = ()
+    #: Per-sample keys beyond the core ones -> their names in the batch (see :func:`collate`).
+    BATCH_EXTRAS: ClassVar[Dict[str, str]] = BASE_BATCH_EXTRAS
 
     def __init__(
         self,
@@ -291,18 +297,22 @@ class OFADataset(FairseqDataset):
 
     def collater(self, samples: List[Optional[Dict[str, Any]]]) -> Dict[str, Any]:
         """Right-padded OFA batch; rows skipped as invalid (None) are dropped; no rows -> ``{}``."""
-        return collate(samples, self.dictionary.pad(), self.dictionary.eos())
+        return collate(samples, self.dictionary.pad(), self.dictionary.eos(), self.BATCH_EXTRAS)
 
 
-def collate(samples: List[Optional[Dict[str, Any]]], pad_idx: int, eos_idx: int) -> Dict[str, Any]:
-    """OFA's batch layout (spec §2.4); per-sample extras are stacked or listed at the top level.
+def collate(samples: List[Optional[Dict[str, Any]]], pad_idx: int, eos_idx: int,
+            extras: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """OFA's batch layout (the ``collate`` of OFA's data/mm_data/*_dataset.py), with its batch names.
 
-    Extras: a tensor-valued key (e.g. ``w_resize_ratio``) becomes its plural, stacked
-    (``w_resize_ratios``); any other value (e.g. ``references``) becomes a list under its key.
+    ``extras`` maps each per-sample key beyond the core ones to the name the batch gives it
+    (``{"w_resize_ratio": "w_resize_ratios", "conf": "conf"}``): tensors are stacked, numbers become
+    a tensor, anything else (``references``) a list. A key that is not declared is an error rather
+    than a batch key nobody reads under the name it got.
     """
     samples = [sample for sample in samples if sample is not None]
     if not samples:
         return {}
+    extras = BASE_BATCH_EXTRAS if extras is None else extras
 
     def merge(key: str) -> torch.LongTensor:
         return data_utils.collate_tokens([s[key] for s in samples], pad_idx, eos_idx, left_pad=False)
@@ -322,10 +332,16 @@ def collate(samples: List[Optional[Dict[str, Any]]], pad_idx: int, eos_idx: int)
         },
         "target": target,
     }
-    for key in samples[0].keys() - _CORE_KEYS:
+    undeclared = sorted(samples[0].keys() - _CORE_KEYS - extras.keys())
+    if undeclared:
+        raise ValueError(f"sample keys {undeclared} have no batch name: declare them in the dataset's BATCH_EXTRAS "
+                         f"(declared: {sorted(extras)})")
+    for key in sorted(samples[0].keys() - _CORE_KEYS):
         values = [s[key] for s in samples]
         if isinstance(values[0], torch.Tensor):
-            batch[key + "s"] = torch.stack(values)
+            batch[extras[key]] = torch.stack(values)
+        elif isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+            batch[extras[key]] = torch.tensor(values)
         else:
-            batch[key] = values
+            batch[extras[key]] = values
     return batch

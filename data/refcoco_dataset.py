@@ -1,4 +1,4 @@
-"""RefCOCO / RefCOCO+ / RefCOCOg samples, preprocessed as OFA's refcoco task does (spec §2.3)."""
+"""RefCOCO / RefCOCO+ / RefCOCOg samples, preprocessed as OFA's refcoco task does (OFA's data/mm_data/refcoco_dataset.py)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from .boxes import box_to_bins
-from .ofa_dataset import OFADataset, RowParser, image_to_tensor
+from .ofa_dataset import BASE_BATCH_EXTRAS, OFADataset, RowParser, image_to_tensor
 from .text import TextCodec, pre_caption
 
 #: Encoder text; ``{}`` is the cleaned referring expression (straight quotes, one space inside each).
@@ -137,6 +137,9 @@ class RefcocoDataset(OFADataset):
     """
 
     FIELDS = RefcocoRowParser.FIELDS
+    #: OFA's refcoco batch names: evaluation maps bins back to pixels with the ratios and scores the box.
+    BATCH_EXTRAS = {**BASE_BATCH_EXTRAS, "w_resize_ratio": "w_resize_ratios", "h_resize_ratio": "h_resize_ratios",
+                    "region_coord": "region_coords"}
 
     def __init__(self, path: str, split: str, codec: TextCodec,
                  selected_cols: Union[str, Sequence[int]] = REFCOCO_SELECTED_COLS,

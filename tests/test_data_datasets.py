@@ -90,7 +90,7 @@ def test_decode_keeps_bin_tokens_verbatim(codec):
     assert codec.decode(ids) == " box<bin_3><bin_99> end"
 
 
-# -- text cleaning (OFA's rules, spec §2.2 / §2.3) --------------------------------------------
+# -- text cleaning (OFA's rules: pre_caption in OFA's data/ofa_dataset.py) ---------------------------------
 
 def test_caption_cleaning_rules():
     assert clean_train_caption("  A man's dog-walk, at 5.30 & more!  ", 30) == "A mans dogwalk at 530 more"
