@@ -1,5 +1,6 @@
 """Shared test helpers: paths, an environment for fairseq subprocesses, a tiny model and batch for criteria."""
 import os
+from collections import defaultdict
 import sys
 from pathlib import Path
 
@@ -80,3 +81,15 @@ def make_sample(conf=None, masks=None):
     return sample
 
 
+# ---------------------------------------------------------------- CIDEr tables in OFA's format
+def naive_ofa_table(corpus):
+    """OFA's ``-words.p`` object for ``corpus`` (one list of references per image), counted without pycocoevalcap."""
+    frequency = defaultdict(float)
+    for references in corpus:
+        ngrams = set()
+        for reference in references:
+            words = reference.split()
+            ngrams |= {tuple(words[i:i + n]) for n in range(1, 5) for i in range(len(words) - n + 1)}
+        for ngram in ngrams:
+            frequency[ngram] += 1
+    return {"document_frequency": frequency, "ref_len": len(corpus)}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
+from conftest import naive_ofa_table
 from ofa_el.data.scoring import cider, document_frequency_of, load_cider_document_frequency
 from ofa_el.data.text import clean_references
 from ofa_el.tools import cider_table
@@ -21,19 +22,6 @@ RECORDS = [
     ("2", "a blue square", ["a blue square and a green triangle", "two shapes a blue square and a green triangle"]),
     ("3", "a green triangle", ["a yellow diamond at the bottom", "a single yellow diamond"]),
 ]
-
-
-def naive_ofa_table(corpus):
-    """OFA's ``-words.p`` object for ``corpus`` (one list of references per image), counted without pycocoevalcap."""
-    frequency = defaultdict(float)
-    for references in corpus:
-        ngrams = set()
-        for reference in references:
-            words = reference.split()
-            ngrams |= {tuple(words[i:i + n]) for n in range(1, 5) for i in range(len(words) - n + 1)}
-        for ngram in ngrams:
-            frequency[ngram] += 1
-    return {"document_frequency": frequency, "ref_len": len(corpus)}
 
 
 def write(path, obj, protocol=2):

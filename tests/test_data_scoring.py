@@ -1,12 +1,12 @@
 """CIDEr-D against pycocoevalcap called directly, the cached document-frequency path, COCO metrics."""
 import pickle
-from collections import defaultdict
 
 import numpy as np
 import pytest
 import torch
 from pycocoevalcap.cider.cider import Cider
 
+from conftest import naive_ofa_table
 from ofa_el.data.scoring import cider, coco_caption_metrics, gather_records
 
 torch.set_num_threads(1)
@@ -38,17 +38,10 @@ def test_repeated_records_count_once_and_conflicts_fail():
 
 
 def write_document_frequency(path, corpus):
-    """OFA's cached-tokens pickle for ``corpus`` (lists of references), computed naively."""
-    frequency = defaultdict(float)
-    for references in corpus:
-        ngrams = set()
-        for reference in references:
-            words = reference.split()
-            ngrams |= {tuple(words[i:i + n]) for n in range(1, 5) for i in range(len(words) - n + 1)}
-        for ngram in ngrams:
-            frequency[ngram] += 1
+    """OFA's cached-tokens pickle for ``corpus`` (lists of references), computed naively, as a plain dict."""
+    table = naive_ofa_table(corpus)
     with open(path, "wb") as handle:
-        pickle.dump({"document_frequency": dict(frequency), "ref_len": len(corpus)}, handle, protocol=2)
+        pickle.dump(dict(table, document_frequency=dict(table["document_frequency"])), handle, protocol=2)
 
 
 def test_cached_document_frequency_scores_like_the_full_corpus(tmp_path):

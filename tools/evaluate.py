@@ -38,6 +38,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--selected-cols", default=None, help="default: the task's (caption: 1,4,2 for image ids)")
     parser.add_argument("--results-path", default="results", help="directory for <gen-subset>_predict.json")
     parser.add_argument("--metrics-json", default=None, help="also write the metrics to this JSON file")
+    add_generation_options(parser)
+    return parser.parse_args(argv)
+
+
+def add_generation_options(parser: argparse.ArgumentParser) -> None:
+    """Batching, beam and length options with evaluation's defaults (``tools/predict.py`` takes the same)."""
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--max-len-a", type=float, default=0)
@@ -46,8 +52,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-repeat-ngram-size", type=int, default=3)
     parser.add_argument("--unrestricted-decoding", action="store_true",
                         help="refcoco: let the decoder emit any token as a coordinate (OFA's behaviour)")
-    parser.add_argument("--cpu", action="store_true", help="evaluate on CPU even if CUDA is available")
-    return parser.parse_args(argv)
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is available")
 
 
 def load(args: argparse.Namespace):

@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 
 from .. import claim_folder_name
 from .errors import UserError, run_cli
-from .evaluate import generation_args
+from .evaluate import add_generation_options, generation_args
 
 TASKS = ("caption", "refcoco")
 #: The caption column of a caption row; evaluation rows need a non-empty one, generation never reads it.
@@ -70,15 +70,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="refcoco: write the image with its box drawn: a file for one image; for several a "
                              "folder (<folder>/<stem>.png) or a name holding {stem}")
     parser.add_argument("--bpe-dir", default=None, help="default: the --bpe-dir the checkpoint was trained with")
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--max-len-a", type=float, default=0)
-    parser.add_argument("--max-len-b", type=int, default=None, help="default: 16 for caption, 4 for refcoco")
-    parser.add_argument("--min-len", type=int, default=None, help="default: 1 for caption, 4 for refcoco")
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=3)
-    parser.add_argument("--unrestricted-decoding", action="store_true",
-                        help="refcoco: let the decoder emit any token as a coordinate (OFA's behaviour)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is available")
+    add_generation_options(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.beam < 1:
