@@ -29,9 +29,12 @@ EPS, LOG_END = 0.1, 0.75
 
 def make_step(variant: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One forward + backward of ``variant`` on (logits, target)."""
-    from ofa_el.criterions.fused_token_losses import fused_token_losses
-    from ofa_el.criterions.token_losses import token_losses
+    from ofa_el.losses.fused import fused_token_losses
+    from ofa_el.losses.terms import EncouragingBonus, LabelSmoothedCE
+    from ofa_el.losses.token_loss import token_losses
 
+    ce_terms = [LabelSmoothedCE(EPS)]
+    el_terms = ce_terms + [EncouragingBonus(EPS, LOG_END)]
     if variant == "fairseq_ce":
         from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
 
@@ -42,12 +45,12 @@ def make_step(variant: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
     elif variant == "reference_el":
         def step(logits, target):
             lprobs = torch.log_softmax(logits.float(), dim=-1)
-            token_losses(lprobs, target, EPS, log_end=LOG_END).loss.backward()
+            token_losses(lprobs, target, el_terms).loss.backward()
     else:
-        log_end = LOG_END if variant == "fused_el" else None
+        terms = el_terms if variant == "fused_el" else ce_terms
 
         def step(logits, target):
-            fused_token_losses(logits, target, EPS, log_end=log_end).loss.backward()
+            fused_token_losses(logits, target, terms).loss.backward()
     return step
 
 
@@ -90,9 +93,17 @@ def time_variants(n: int, v: int, device: str, repeats: int, variants: List[str]
 def peak_memory_child(variant: str, n: int, v: int, device: str, dtype: str) -> float:
     """In this (fresh) process: extra peak memory of one forward+backward, in [N, V] float32 buffers."""
     logits, target = inputs(n, v, device, dtype=dtype)
-    step = make_step(variant)
-    buffer = n * v * 4
-    if device == "cuda":
+    return peak_buffers(make_step(variant), logits, target, device)
+
+
+def peak_buffers(step: Callable[[torch.Tensor, torch.Tensor], None], logits: torch.Tensor, target: torch.Tensor,
+                 device: str) -> float:
+    """Extra peak memory of one ``step`` over the inputs already allocated, in float32 [N, V] buffers.
+
+    On CUDA the allocator's own counters are exact in any process; on CPU the resident-set peak is
+    only clean in a fresh process (freed blocks may be reused without showing), hence the child."""
+    buffer = logits.numel() * 4
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()

@@ -30,9 +30,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CAPTION_RECIPE = REPO_ROOT / "configs" / "caption" / "stage1_ce.yaml"
+#: Recipe flags that read files the demo data does not have: left out when a recipe runs on it.
+NOT_IN_DEMO_DATA = ("restore-file", "eval-cider-cached-tokens")
 CRITERIA = {
     "ce": ["--criterion", "adjust_label_smoothed_cross_entropy"],
     "el": ["--criterion", "adjust_label_smoothed_encouraging_loss", "--log-end", "0.75"],
@@ -98,52 +101,118 @@ def _run_flags(save_dir: Path, updates: int) -> List[str]:
             "--log-format", "json", "--log-interval", str(updates)]
 
 
-def interleaved_step_times(args: argparse.Namespace) -> Dict[str, List[float]]:
-    """Seconds of each timed ``Trainer.train_step`` per criterion, the two trainers alternating on the
-    same batches (see the module docstring)."""
-    import time
+def recipe_config(recipe_path: Path, data_dir: Path, demo: bool = True, extra: Sequence[str] = (),
+                  bpe_dir: Optional[Path] = None):
+    """The fairseq config ``fairseq-train`` would run for a recipe (its demo block, or the full recipe with
+    ``demo=False``) on the demo data in ``data_dir``, ``extra`` appended to its command line. Flags that
+    read files the demo data does not have (a checkpoint to restore, OFA's CIDEr pickle) are left out;
+    without the pickle, CIDEr validation takes its document frequencies from the validation file."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    from ofa_el import claim_folder_name
+    from ofa_el.tools.launch import fairseq_arguments, load_recipe
+
+    claim_folder_name()  # fairseq imports --user-dir by folder name
+    recipe = load_recipe(recipe_path, demo=demo)
+    recipe["args"] = {name: value for name, value in (recipe.get("args") or {}).items()
+                      if name not in NOT_IN_DEMO_DATA}
+    env = dict(os.environ, DATA_DIR=str(data_dir), BPE_DIR=str(bpe_dir or data_dir / "bpe"))
+    argv = fairseq_arguments(recipe, env, where=str(recipe_path)) + list(extra) + [f"--user-dir={REPO_ROOT}"]
+    return convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+
+
+def caption_trainers(data_dir: Path, device: str, demo: bool = True, extra: Sequence[str] = (),
+                     bpe_dir: Optional[Path] = None) -> Tuple[Any, Any, Dict[str, Any]]:
+    """(task, config, {criterion: Trainer}) for the caption recipe: one fairseq Trainer per entry of
+    ``CRITERIA``, built from the same seed (the same initial weights), on ``device`` (cpu, cuda:
+    float32, cuda-fp16: fairseq's --fp16). The task is shared: criterion flags are not task flags."""
     import torch
     from fairseq import tasks
     from omegaconf import open_dict
 
-    from data_loading import build_trainer, ensure_demo_data, first_batches, quiet, training_config
+    from data_loading import build_trainer
 
-    quiet()
-    data_dir = Path(args.data_dir)
-    ensure_demo_data(data_dir, grounding=False)
-    recipe = REPO_ROOT / "configs" / "caption" / "stage1_ce.yaml"
-    extra = ["--code-dict-size", "8192", "--num-bins", "1000"] if args.ofa_vocabulary else []
-    cfgs = {name: training_config(recipe, data_dir, flags + extra) for name, flags in CRITERIA.items()}
+    # single-process trainers, whatever fairseq infers from the visible GPUs
+    extra = list(extra) + ["--distributed-world-size=1"]
+    cfgs = {name: recipe_config(CAPTION_RECIPE, data_dir, demo, flags + extra, bpe_dir)
+            for name, flags in CRITERIA.items()}
     for cfg in cfgs.values():
         with open_dict(cfg):
-            cfg.common.cpu = args.device == "cpu"
-            cfg.common.fp16 = args.device == "cuda-fp16"
-    task = tasks.setup_task(cfgs["ce"].task)  # criterion flags are not task flags: one task serves both
+            cfg.common.cpu = device == "cpu"
+            cfg.common.fp16 = device == "cuda-fp16"
+    task = tasks.setup_task(cfgs["ce"].task)
     task.load_dataset("train")
     trainers = {}
     for name, cfg in cfgs.items():
         torch.manual_seed(cfg.common.seed)  # the same initial weights
         trainers[name] = build_trainer(task, cfg)
-    warmup = 3
-    batches = first_batches(task, cfgs["ce"], warmup + args.updates)
-    if len(batches) < warmup + args.updates:
-        raise SystemExit(f"{len(batches)} training batches in {data_dir}, {warmup + args.updates} needed")
-    sync = torch.cuda.synchronize if args.device != "cpu" else (lambda: None)
-    for trainer in trainers.values():  # optimizer state, allocator and oneDNN warm-up
-        for batch in batches[:warmup]:
-            trainer.train_step([batch])
+    return task, cfgs["ce"], trainers
+
+
+def preload_batches(task, cfg, count: int) -> List[Dict[str, Any]]:
+    """The first ``count`` non-empty training batches, loaded before any step is timed."""
+    from data_loading import first_batches
+
+    batches = first_batches(task, cfg, count)
+    if len(batches) < count:
+        raise ValueError(f"{len(batches)} training batches of {cfg.dataset.batch_size} in {cfg.task.data}, "
+                         f"{count} needed")
+    return batches
+
+
+def warm_up(trainers: Dict[str, Any], batches: Sequence[Dict[str, Any]]) -> List[Tuple[str, Any]]:
+    """Untimed steps on each trainer (optimizer state, allocator, oneDNN/cuBLAS set-up); returns what
+    each ``train_step`` returned, as (criterion, logging output)."""
+    outputs = []
+    for name, trainer in trainers.items():
+        for batch in batches:
+            outputs.append((name, trainer.train_step([batch])))
+    return outputs
+
+
+def interleaved_train_steps(trainers: Dict[str, Any], batches: Sequence[Dict[str, Any]], rounds: int, device: str,
+                            after_step: Optional[Callable[[str, Any], None]] = None) -> Dict[str, List[float]]:
+    """Seconds of each ``Trainer.train_step`` per criterion: every batch goes to each trainer in turn,
+    the order flipped every round; ``after_step(criterion, logging output)`` runs after each timed step,
+    outside the timing."""
+    import time
+
+    import torch
+
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
     times: Dict[str, List[float]] = {name: [] for name in trainers}
-    for round_index in range(args.rounds):
+    for round_index in range(rounds):
         order = list(trainers) if round_index % 2 == 0 else list(reversed(list(trainers)))
-        for batch in batches[warmup:]:
+        for batch in batches:
             for name in order:
                 sync()
                 start = time.perf_counter()
-                trainers[name].train_step([batch])
+                output = trainers[name].train_step([batch])
                 sync()
                 times[name].append(time.perf_counter() - start)
+                if after_step is not None:
+                    after_step(name, output)
     return times
+
+
+def interleaved_step_times(args: argparse.Namespace) -> Dict[str, List[float]]:
+    """Seconds of each timed ``Trainer.train_step`` per criterion, the two trainers alternating on the
+    same batches (see the module docstring)."""
+    from data_loading import ensure_demo_data, quiet
+
+    quiet()
+    data_dir = Path(args.data_dir)
+    ensure_demo_data(data_dir, grounding=False)
+    extra = ["--code-dict-size", "8192", "--num-bins", "1000"] if args.ofa_vocabulary else []
+    task, cfg, trainers = caption_trainers(data_dir, args.device, demo=True, extra=extra)
+    warmup = 3
+    try:
+        batches = preload_batches(task, cfg, warmup + args.updates)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    warm_up(trainers, batches[:warmup])
+    return interleaved_train_steps(trainers, batches[warmup:], args.rounds, args.device)
 
 
 def main() -> None:

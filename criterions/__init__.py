@@ -1,7 +1,7 @@
-"""Criteria registered with fairseq; the maths is in :mod:`token_losses` (torch only)."""
+"""Criteria registered with fairseq; the maths is in ``ofa_el.losses`` (torch only)."""
 try:
     import fairseq  # noqa: F401
-except ImportError:  # token_losses stays importable without fairseq
+except ImportError:  # the loss math in ofa_el.losses stays importable without fairseq
     pass
 else:
     from . import (  # noqa: F401

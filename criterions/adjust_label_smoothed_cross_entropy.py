@@ -1,12 +1,12 @@
 """Criterion ``adjust_label_smoothed_cross_entropy``: OFA's label-smoothed CE, corrected.
 
-It is the A/B baseline of the Encouraging Loss criterion, which subclasses it and only
-switches the bonus on. The maths lives in :mod:`token_losses`; this file is fairseq glue:
-options, token flattening (prefix, eos, padding, constraints, weights), R-Drop batch
+It is the A/B baseline of the Encouraging Loss and Poly-1 criteria, which subclass it and only
+add their term. The maths lives in ``ofa_el.losses`` (torch only): a criterion declares the per-token
+terms it sums (:meth:`build_terms`, from its config), and the drivers there compute them. This file is
+fairseq glue: options, token flattening (prefix, eos, padding, constraints, weights), R-Drop batch
 duplication, update-dependent token dropping and metrics.
 """
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -19,8 +19,9 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 from torch import Tensor
 
-from .fused_token_losses import fused_token_losses
-from .token_losses import support_mask_from_range, token_losses
+from ..losses.fused import fused_token_losses
+from ..losses.terms import LabelSmoothedCE, Term, support_mask_from_range
+from ..losses.token_loss import TokenLossOutput, token_losses
 
 LN2 = math.log(2.0)
 
@@ -90,72 +91,82 @@ def duplicate_for_rdrop(sample: Any) -> Any:
 
 @register_criterion("adjust_label_smoothed_cross_entropy", dataclass=AdjustLabelSmoothedCrossEntropyConfig)
 class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
-    """Label-smoothed CE with OFA's options; subclasses add a bonus by setting ``log_end``."""
+    """Label-smoothed CE with OFA's options: the sum of the terms :meth:`build_terms` declares ([CE] here).
 
-    #: None disables the encouraging bonus; the EL criterion sets it from ``--log-end``.
-    log_end: Optional[float] = None
-    #: None disables the Poly-1 term; a Poly-1 criterion sets it from ``--poly-epsilon``.
-    poly_epsilon: Optional[float] = None
+    Built from its config, ``cls(task, cfg)`` (a config dataclass or fairseq's DictConfig), or from keyword
+    options, ``cls(task, label_smoothing=0.1, ...)`` (``sentence_avg`` then defaults to False).
+    """
 
-    def __init__(
-        self,
-        task,
-        sentence_avg: bool,
-        label_smoothing: float,
-        ignore_prefix_size: int = 0,
-        ignore_eos: bool = False,
-        report_accuracy: bool = False,
-        drop_worst_ratio: float = 0.0,
-        drop_worst_after: int = 0,
-        drop_best_ratio: float = 0.0,
-        drop_best_after: int = 0,
-        use_rdrop: bool = False,
-        reg_alpha: float = 1.0,
-        sample_patch_num: int = 196,
-        constraint_range: Optional[str] = None,
-        loss_impl: str = "fused",
-    ):
+    config_class = AdjustLabelSmoothedCrossEntropyConfig
+
+    def __init__(self, task, cfg: Optional[Any] = None, **options):
         super().__init__(task)
+        cfg = self.resolve_config(cfg, options)
+        loss_impl = str(cfg.loss_impl)
         if loss_impl not in ("fused", "reference"):
             raise ValueError(f"--loss-impl: expected 'fused' or 'reference', got {loss_impl!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"--label-smoothing: must lie in [0, 1), got {label_smoothing}")
-        for name, value in (("drop_worst_ratio", drop_worst_ratio), ("drop_best_ratio", drop_best_ratio)):
-            check_ratio(name, value)
-        if ignore_prefix_size < 0:
-            raise ValueError(f"--ignore-prefix-size: must be >= 0, got {ignore_prefix_size}")
-        if reg_alpha < 0:
-            raise ValueError(f"--reg-alpha: must be >= 0, got {reg_alpha}")
+        if not 0.0 <= cfg.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing: must lie in [0, 1), got {cfg.label_smoothing}")
+        for name in ("drop_worst_ratio", "drop_best_ratio"):
+            check_ratio(name, getattr(cfg, name))
+        if cfg.ignore_prefix_size < 0:
+            raise ValueError(f"--ignore-prefix-size: must be >= 0, got {cfg.ignore_prefix_size}")
+        if cfg.reg_alpha < 0:
+            raise ValueError(f"--reg-alpha: must be >= 0, got {cfg.reg_alpha}")
+        if not isinstance(cfg.sentence_avg, bool):
+            raise ValueError(f"--sentence-avg: expected a boolean, got {cfg.sentence_avg!r}")
         dictionary = getattr(task, "target_dictionary", None)
-        self.sentence_avg = sentence_avg
-        self.eps = label_smoothing
-        self.ignore_prefix_size = ignore_prefix_size
-        self.ignore_eos = ignore_eos
-        self.report_accuracy = report_accuracy
-        self.drop_worst_ratio = drop_worst_ratio
-        self.drop_worst_after = drop_worst_after
-        self.drop_best_ratio = drop_best_ratio
-        self.drop_best_after = drop_best_after
-        self.use_rdrop = use_rdrop
-        self.reg_alpha = reg_alpha
-        self.sample_patch_num = sample_patch_num
-        self.constraint_range = parse_constraint_range(constraint_range, len(dictionary) if dictionary else None)
+        self.sentence_avg = cfg.sentence_avg
+        self.eps = cfg.label_smoothing
+        self.ignore_prefix_size = cfg.ignore_prefix_size
+        self.ignore_eos = cfg.ignore_eos
+        self.report_accuracy = cfg.report_accuracy
+        self.drop_worst_ratio = cfg.drop_worst_ratio
+        self.drop_worst_after = cfg.drop_worst_after
+        self.drop_best_ratio = cfg.drop_best_ratio
+        self.drop_best_after = cfg.drop_best_after
+        self.use_rdrop = cfg.use_rdrop
+        self.reg_alpha = cfg.reg_alpha
+        self.sample_patch_num = cfg.sample_patch_num
+        self.constraint_range = parse_constraint_range(cfg.constraint_range, len(dictionary) if dictionary else None)
         self.eos_idx = dictionary.eos() if dictionary is not None else 2
-        self.loss_impl = str(loss_impl)
+        self.loss_impl = loss_impl
+        self.terms: List[Term] = self.build_terms(cfg)
+
+    @classmethod
+    def resolve_config(cls, cfg: Optional[Any], options: Dict[str, Any]) -> Any:
+        """The config to build from: ``cfg`` as given, or ``config_class(**options)`` for keyword construction."""
+        if cfg is None:
+            return cls.config_class(**{"sentence_avg": False, **options})
+        if options:
+            raise TypeError(f"{cls.__name__}: pass either a config or keyword options, not both ({sorted(options)})")
+        return cfg
 
     @classmethod
     def build_criterion(cls, cfg, task):
-        """Pass every config field by name, so subclasses add options without restating the signature."""
-        names = [f.name for f in dataclasses.fields(getattr(cls, "__dataclass")) if not f.name.startswith("_")]
-        return cls(task, **{name: getattr(cfg, name) for name in names})
+        """fairseq's entry point: the criterion reads every option from ``cfg`` itself."""
+        return cls(task, cfg)
+
+    def build_terms(self, cfg) -> List[Term]:
+        """The per-token terms this criterion sums, from its config; a subclass adds its own (and checks its flags)."""
+        return [LabelSmoothedCE(self.eps)]
+
+    def terms_at(self, update_num: Optional[int], training: bool) -> List[Term]:
+        """The terms of one step; a subclass may weight a term by the update (the EL bonus schedule)."""
+        return self.terms
+
+    def step_statistics(self, update_num: Optional[int], training: bool) -> Dict[str, float]:
+        """Extra logging outputs of one step (summed across workers by fairseq); none here."""
+        return {}
 
     # ------------------------------------------------------------------ forward
     def forward(self, model, sample, update_num: Optional[int] = None, reduce: bool = True):
         """Returns (loss, sample_size, logging_output), as every fairseq criterion does.
 
-        ``update_num`` (the updates done) decides when ``--drop-*-after`` has passed. The plugin's tasks pass
-        it, as OFA's do; stock fairseq tasks call ``criterion(model, sample)`` without it, which is fine for
-        validation and for training without token dropping (see ``active_ratios``).
+        ``update_num`` (the updates done) decides when ``--drop-*-after`` has passed (and, for EL, the bonus
+        weight). The plugin's tasks pass it, as OFA's do; stock fairseq tasks call ``criterion(model, sample)``
+        without it, which is fine for validation and for training without update-dependent options (see
+        ``active_ratios``).
         """
         if isinstance(sample, list):
             return self._forward_two_views(model, sample, update_num, reduce)
@@ -243,16 +254,16 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
     def compute_loss(self, model, net_output, sample, update_num: Optional[int] = None, reduce: bool = True):
         logits, target, support, weights, positions, shape = self.flat_tokens(model, net_output, sample)
         worst, best = self.active_ratios(update_num, model.training)
-        options = dict(log_end=self.log_end, weights=weights, support=support, drop_worst_ratio=worst,
-                       drop_best_ratio=best, rdrop_alpha=self.reg_alpha if self.use_rdrop else None,
-                       poly_epsilon=self.poly_epsilon, reduce=reduce)
+        terms = self.terms_at(update_num, model.training)
+        options = dict(weights=weights, support=support, drop_worst_ratio=worst, drop_best_ratio=best,
+                       rdrop_alpha=self.reg_alpha if self.use_rdrop else None, reduce=reduce)
         if self.loss_impl == "fused":
-            out = fused_token_losses(logits, target, self.eps, rows=positions, **options)
+            out: TokenLossOutput = fused_token_losses(logits, target, terms, rows=positions, **options)
         else:
             scored = logits.index_select(0, positions).float()
             if support is not None:
                 scored = scored.masked_fill(~support, float("-inf"))
-            out = token_losses(torch.log_softmax(scored, dim=-1), target, self.eps, **options)
+            out = token_losses(torch.log_softmax(scored, dim=-1), target, terms, **options)
         loss, nll_loss = out.loss, out.nll_loss
         if not reduce:  # per target position, 0 for padding / ignored / dropped tokens
             loss = loss.new_zeros(shape.numel()).index_copy(0, positions, loss).view(shape)
@@ -261,9 +272,11 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
             "ntokens_kept": out.sample_size,
             "p_target_sum": out.p_target_sum.item(),
         }
-        if self.log_end is not None:
-            stats["bonus_sum"] = out.bonus_sum.item()
-            stats["past_log_end"] = int(out.past_log_end.item())
+        for name, term_sum in out.term_sums.items():  # e.g. EL's bonus_sum
+            stats[f"{name}_sum"] = term_sum.item()
+        for name, count in out.counts.items():  # e.g. EL's past_log_end
+            stats[name] = int(count.item())
+        stats.update(self.step_statistics(update_num, model.training))
         if self.report_accuracy:
             stats["n_correct"] = int(out.n_correct.item())
             stats["total"] = int(target.numel())
@@ -284,9 +297,7 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
         if kept > 0 and any("p_target_sum" in log for log in logging_outputs):
             metrics.log_scalar("p_target", total("p_target_sum") / kept, kept, round=4)
-        if kept > 0 and any("bonus_sum" in log for log in logging_outputs):
-            metrics.log_scalar("bonus", total("bonus_sum") / kept / LN2, kept, round=4)
-            metrics.log_scalar("past_log_end", total("past_log_end") / kept, kept, round=4)
+        cls.reduce_term_metrics(logging_outputs, total, kept)
         n_total = total("total")
         if n_total > 0:
             metrics.log_scalar("total", n_total)
@@ -296,6 +307,10 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
                 lambda meters: round(meters["n_correct"].sum * 100.0 / meters["total"].sum, 3)
                 if meters["total"].sum > 0 else float("nan"),
             )
+
+    @classmethod
+    def reduce_term_metrics(cls, logging_outputs, total, kept) -> None:
+        """Metrics of a subclass's terms, from the summed logging outputs (``total(key)``); none here."""
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

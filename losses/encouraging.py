@@ -1,13 +1,13 @@
 """Encouraging Loss modules for plain PyTorch / timm training loops.
 
-The bonus comes from the project's one implementation (``criterions/token_losses.py``), so
-these modules and the fairseq criterion compute the same thing.
+Both modules are sums of the project's terms (:mod:`.terms`), so they and the fairseq criterion share
+one implementation of the CE and of the bonus.
 """
 import torch
 from torch import Tensor, nn
 
-from ..criterions.token_losses import encouraging_bonus, smoothed_bonus
 from .reduction import check_reduction, reduce, upcast_half
+from .terms import EncouragingBonus, LabelSmoothedCE, Tokens, epsilon_from_uniform_smoothing, per_token_loss
 
 
 def _check_log_end(log_end: float) -> float:
@@ -23,11 +23,11 @@ class EncouragingLoss(nn.Module):
         super().__init__()
         self.log_end = _check_log_end(log_end)
         self.reduction = check_reduction(reduction)
+        self.terms = [LabelSmoothedCE(0.0), EncouragingBonus(0.0, self.log_end)]
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        lprobs = torch.log_softmax(upcast_half(logits), dim=-1)
-        lp_target = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        return reduce(-lp_target + encouraging_bonus(lp_target.exp(), self.log_end), self.reduction)
+        tokens = Tokens(torch.log_softmax(upcast_half(logits), dim=-1), target)
+        return reduce(per_token_loss(self.terms, tokens), self.reduction)
 
 
 class LabelSmoothingEncouragingLoss(nn.Module):
@@ -35,8 +35,10 @@ class LabelSmoothingEncouragingLoss(nn.Module):
 
     Smoothing follows timm's convention: the target distribution is ``(1 - s)`` on the label plus
     ``s / C`` on every class (label included), for the CE part and the bonus alike, i.e.
-    ``(1 - s) [-log p_y + b(p_y)] + s/C sum_c [-log p_c + b(p_c)]``. (The fairseq criterion uses
-    fairseq's ``s / (C - 1)`` over the other classes for its CE part.)
+    ``(1 - s) [-log p_y + b(p_y)] + s/C sum_c [-log p_c + b(p_c)]``. The fairseq criterion's
+    ``--label-smoothing eps`` puts ``eps / (C - 1)`` on every other class instead; the CE part here is
+    that CE with ``eps = s (C - 1) / C`` (:func:`.terms.epsilon_from_uniform_smoothing`), the same
+    distribution. The bonus uses the uniform form in both places, so it takes ``s`` unchanged.
     """
 
     def __init__(self, smoothing: float = 0.1, log_end: float = 0.75, reduction: str = "mean"):
@@ -46,10 +48,9 @@ class LabelSmoothingEncouragingLoss(nn.Module):
         self.smoothing = smoothing
         self.log_end = _check_log_end(log_end)
         self.reduction = check_reduction(reduction)
+        self.bonus = EncouragingBonus(smoothing, self.log_end)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        lprobs = torch.log_softmax(upcast_half(logits), dim=-1)
-        nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        ce = (1.0 - self.smoothing) * nll - self.smoothing * lprobs.mean(dim=-1)
-        bonus = smoothed_bonus(lprobs, target, self.smoothing, self.log_end)
-        return reduce(ce + bonus, self.reduction)
+        tokens = Tokens(torch.log_softmax(upcast_half(logits), dim=-1), target)
+        ce = LabelSmoothedCE(epsilon_from_uniform_smoothing(self.smoothing, logits.size(-1)))
+        return reduce(per_token_loss([ce, self.bonus], tokens), self.reduction)

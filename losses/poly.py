@@ -4,11 +4,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .reduction import check_reduction, reduce, upcast_half
+from .terms import LabelSmoothedCE, Poly1, Tokens, epsilon_from_uniform_smoothing, per_token_loss
 
 
 class Poly1CrossEntropy(nn.Module):
     """``CE + epsilon * (1 - p_t)``; with label smoothing ``p_t = <q, p>`` for the smoothed labels ``q``
-    (``(1 - s)`` on the label plus ``s / C`` everywhere, as ``F.cross_entropy(label_smoothing=s)``)."""
+    (``(1 - s)`` on the label plus ``s / C`` everywhere, as ``F.cross_entropy(label_smoothing=s)``).
+
+    Built from the project's terms with fairseq's ``eps = s (C - 1) / C``, the same ``q``
+    (:func:`.terms.epsilon_from_uniform_smoothing`)."""
 
     def __init__(self, epsilon: float = 1.0, label_smoothing: float = 0.0, reduction: str = "mean"):
         super().__init__()
@@ -19,12 +23,9 @@ class Poly1CrossEntropy(nn.Module):
         self.reduction = check_reduction(reduction)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        logits = upcast_half(logits)
-        ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing)
-        probs = torch.softmax(logits, dim=-1)
-        p_label = probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        p_t = (1.0 - self.label_smoothing) * p_label + self.label_smoothing / logits.size(-1)
-        return reduce(ce + self.epsilon * (1.0 - p_t), self.reduction)
+        tokens = Tokens(torch.log_softmax(upcast_half(logits), dim=-1), target)
+        eps = epsilon_from_uniform_smoothing(self.label_smoothing, logits.size(-1))
+        return reduce(per_token_loss([LabelSmoothedCE(eps), Poly1(self.epsilon, eps)], tokens), self.reduction)
 
 
 class Poly1FocalLoss(nn.Module):

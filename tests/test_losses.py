@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from conftest import Task, TinyModel, make_sample
 from ofa_el.criterions.adjust_label_smoothed_poly1_cross_entropy import AdjustLabelSmoothedPoly1CrossEntropyCriterion
-from ofa_el.criterions.token_losses import token_losses
+from ofa_el.losses.terms import EncouragingBonus, LabelSmoothedCE, epsilon_from_uniform_smoothing
+from ofa_el.losses.token_loss import token_losses
 from ofa_el.losses import EncouragingLoss, LabelSmoothingEncouragingLoss, LGMLoss, Poly1CrossEntropy, Poly1FocalLoss
 
 
@@ -56,8 +57,24 @@ def test_el_module_equals_the_criterion_math(batch):
     """Without smoothing the module and the fairseq criterion's core compute the same per-token loss."""
     logits, target = batch
     module = EncouragingLoss(0.75, reduction="none")(logits, target)
-    core = token_losses(torch.log_softmax(logits, -1), target, 0.0, log_end=0.75, reduce=False).loss
+    core = token_losses(torch.log_softmax(logits, -1), target, [LabelSmoothedCE(0.0), EncouragingBonus(0.0, 0.75)],
+                        reduce=False).loss
     assert torch.allclose(module.double(), core, rtol=1e-6)
+
+
+def test_timm_smoothing_is_the_criterion_ce_with_converted_epsilon(batch):
+    """timm's s/C on every class is fairseq's eps/(C-1) on every other class for eps = s (C-1)/C."""
+    logits, target = batch
+    s = 0.1
+    timm_ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=s)
+    eps = epsilon_from_uniform_smoothing(s, 5)
+    assert eps == pytest.approx(0.08)
+    core = token_losses(torch.log_softmax(logits, -1), target, [LabelSmoothedCE(eps)], reduce=False).loss
+    assert torch.allclose(core, timm_ce, rtol=1e-12)
+    module = LabelSmoothingEncouragingLoss(s, 0.75, reduction="none")(logits, target)
+    criterion_el = token_losses(torch.log_softmax(logits, -1), target,
+                                [LabelSmoothedCE(eps), EncouragingBonus(s, 0.75)], reduce=False).loss
+    assert torch.allclose(module, criterion_el, rtol=1e-12)  # the bonus is smoothed with s as given
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
@@ -159,7 +176,7 @@ def test_poly1_criterion_closed_form():
 
 def test_losses_import_without_fairseq():
     code = ("import sys; sys.modules['fairseq'] = None\n"
-            "import torch, ofa_el.losses as L\n"
+            "import torch, ofa_el.losses as L, ofa_el.losses.fused, ofa_el.losses.token_loss\n"
             "print(float(L.EncouragingLoss()(torch.zeros(2, 3), torch.tensor([0, 1]))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

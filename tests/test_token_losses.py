@@ -5,12 +5,22 @@ import numpy as np
 import pytest
 import torch
 
-from ofa_el.criterions.token_losses import (
-    encouraging_bonus,
-    select_tokens,
-    support_mask_from_range,
-    token_losses,
-)
+from ofa_el.losses.terms import EncouragingBonus, LabelSmoothedCE, Poly1, encouraging_bonus, support_mask_from_range
+from ofa_el.losses.token_loss import select_tokens, token_losses
+
+
+def criterion_terms(eps, log_end=None, poly_epsilon=None):
+    """The terms a criterion sums: CE, plus the bonus (EL) or the Poly-1 term."""
+    terms = [LabelSmoothedCE(eps)]
+    if log_end is not None:
+        terms.append(EncouragingBonus(eps, log_end))
+    if poly_epsilon is not None:
+        terms.append(Poly1(poly_epsilon, eps))
+    return terms
+
+
+def loss_of(lprobs, target, eps, log_end=None, poly_epsilon=None, **options):
+    return token_losses(lprobs, target, criterion_terms(eps, log_end, poly_epsilon), **options)
 
 
 def naive_bonus(p: float, log_end) -> float:
@@ -73,7 +83,7 @@ def test_matches_naive_formula(batch, eps, log_end, support_kind, weighted):
         support[:, 0] = True
         allowed = [row.nonzero().flatten().tolist() for row in support]
     weights = torch.linspace(0.5, 1.5, n, dtype=torch.float64) if weighted else None
-    out = token_losses(lprobs_of(logits, support), target, eps, log_end=log_end, weights=weights, support=support)
+    out = loss_of(lprobs_of(logits, support), target, eps, log_end=log_end, weights=weights, support=support)
     expected = [naive_token(logits[i].tolist(), int(target[i]), eps, log_end, allowed[i],
                             1.0 if weights is None else float(weights[i])) for i in range(n)]
     assert out.loss.item() == pytest.approx(sum(e[0] for e in expected), rel=1e-10)
@@ -84,8 +94,8 @@ def test_matches_naive_formula(batch, eps, log_end, support_kind, weighted):
 def test_el_is_ce_plus_bonus_exactly(batch):
     logits, target = batch
     lp = lprobs_of(logits)
-    ce = token_losses(lp, target, 0.1, reduce=False).loss
-    el = token_losses(lp, target, 0.1, log_end=0.75, reduce=False).loss
+    ce = loss_of(lp, target, 0.1, reduce=False).loss
+    el = loss_of(lp, target, 0.1, log_end=0.75, reduce=False).loss
     p = lp.exp()
     b = encouraging_bonus(p, 0.75)
     bonus = 0.9 * b.gather(-1, target[:, None]).squeeze(-1) + 0.1 / p.size(-1) * b.sum(-1)
@@ -104,7 +114,7 @@ def test_tangent_line_past_log_end():
 
 def test_poly1_term_matches_naive(batch):
     logits, target = batch
-    out = token_losses(lprobs_of(logits), target, 0.1, poly_epsilon=2.0)
+    out = loss_of(lprobs_of(logits), target, 0.1, poly_epsilon=2.0)
     expected = sum(naive_token(logits[i].tolist(), int(target[i]), 0.1, None, range(9), poly=2.0)[0]
                    for i in range(len(target)))
     assert out.loss.item() == pytest.approx(expected, rel=1e-10)
@@ -114,7 +124,7 @@ def test_drop_worst_keeps_lowest_ce_tokens(batch):
     logits, target = batch
     lp = lprobs_of(logits)
     ce = [naive_token(logits[i].tolist(), int(target[i]), 0.1, None, range(9))[2] for i in range(12)]
-    out = token_losses(lp, target, 0.1, log_end=0.75, drop_worst_ratio=0.25)
+    out = loss_of(lp, target, 0.1, log_end=0.75, drop_worst_ratio=0.25)
     keep = sorted(np.argsort(ce)[:9].tolist())  # floor(12 * 0.75) = 9 lowest CE (bonus excluded)
     assert out.kept.tolist() == keep
     assert out.sample_size == 9
@@ -125,10 +135,10 @@ def test_drop_worst_keeps_lowest_ce_tokens(batch):
 def test_drop_best_really_drops_the_best(batch):
     logits, target = batch
     ce = [naive_token(logits[i].tolist(), int(target[i]), 0.1, None, range(9))[2] for i in range(12)]
-    out = token_losses(lprobs_of(logits), target, 0.1, log_end=0.75, drop_best_ratio=0.25)
+    out = loss_of(lprobs_of(logits), target, 0.1, log_end=0.75, drop_best_ratio=0.25)
     assert out.sample_size == 9
     assert out.kept.tolist() == sorted(np.argsort(ce)[3:].tolist())
-    unsmoothed = token_losses(lprobs_of(logits), target, 0.0, log_end=0.75, drop_best_ratio=0.25)
+    unsmoothed = loss_of(lprobs_of(logits), target, 0.0, log_end=0.75, drop_best_ratio=0.25)
     assert 0 not in unsmoothed.kept.tolist()  # without smoothing the confident token is the best: dropped
 
 
@@ -146,7 +156,7 @@ def test_rdrop_keeps_pairs_aligned_with_targets(batch):
     second = logits + 0.3 * torch.randn(logits.shape, generator=g, dtype=torch.float64)
     both = torch.cat([logits, second])
     targets = torch.cat([target, target])
-    out = token_losses(lprobs_of(both), targets, 0.1, log_end=0.75, drop_worst_ratio=0.25, rdrop_alpha=0.7)
+    out = loss_of(lprobs_of(both), targets, 0.1, log_end=0.75, drop_worst_ratio=0.25, rdrop_alpha=0.7)
     ce_first = [naive_token(logits[i].tolist(), int(target[i]), 0.1, None, range(9))[2] for i in range(12)]
     keep = sorted(np.argsort(ce_first)[:9].tolist())
     assert out.kept.tolist() == keep + [i + 12 for i in keep]
@@ -163,8 +173,8 @@ def test_rdrop_keeps_pairs_aligned_with_targets(batch):
 def test_reduce_false_is_per_token_and_sums_to_reduced(batch):
     logits, target = batch
     lp = lprobs_of(logits)
-    full = token_losses(lp, target, 0.1, log_end=0.5, drop_worst_ratio=0.25, reduce=False)
-    summed = token_losses(lp, target, 0.1, log_end=0.5, drop_worst_ratio=0.25)
+    full = loss_of(lp, target, 0.1, log_end=0.5, drop_worst_ratio=0.25, reduce=False)
+    summed = loss_of(lp, target, 0.1, log_end=0.5, drop_worst_ratio=0.25)
     assert full.loss.shape == (12,)
     dropped = sorted(set(range(12)) - set(full.kept.tolist()))
     assert torch.all(full.loss[dropped] == 0)
@@ -181,7 +191,7 @@ def test_gradcheck_float64(log_end, support_kind):
     weights = torch.linspace(0.5, 1.0, 6, dtype=torch.float64)
 
     def loss_fn(x):
-        return token_losses(lprobs_of(x, support), target, 0.1, log_end=log_end, weights=weights,
+        return loss_of(lprobs_of(x, support), target, 0.1, log_end=log_end, weights=weights,
                             support=support, poly_epsilon=0.5).loss
 
     assert torch.autograd.gradcheck(loss_fn, (logits,))
@@ -192,7 +202,7 @@ def test_gradcheck_rdrop():
     logits = torch.randn(8, 5, generator=g, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     assert torch.autograd.gradcheck(
-        lambda x: token_losses(lprobs_of(x), target, 0.1, log_end=0.75, rdrop_alpha=1.0).loss, (logits,))
+        lambda x: loss_of(lprobs_of(x), target, 0.1, log_end=0.75, rdrop_alpha=1.0).loss, (logits,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -205,7 +215,7 @@ def test_low_precision_extremes_are_finite(dtype, log_end):
     logits = logits.to(dtype).requires_grad_(True)
     target = torch.tensor([3, 3, 3, 7])
     lprobs = torch.log_softmax(logits.float(), -1)
-    out = token_losses(lprobs, target, 0.1, log_end=log_end)
+    out = loss_of(lprobs, target, 0.1, log_end=log_end)
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert torch.isfinite(logits.grad.float()).all()
@@ -220,7 +230,7 @@ def test_el_gradient_does_not_vanish_for_confident_tokens():
     grads = {}
     for name, log_end in (("ce", None), ("el", 0.75)):
         x = logits.clone().requires_grad_(True)
-        token_losses(lprobs_of(x), target, 0.0, log_end=log_end).loss.backward()
+        loss_of(lprobs_of(x), target, 0.0, log_end=log_end).loss.backward()
         grads[name] = x.grad[0, 0].abs().item()
     assert grads["ce"] == pytest.approx(0.01, rel=1e-6)
     # d/dz_y of (p - L)/(L - 1) is -p(1-p)/(1-L) = -0.99*0.01/0.25 on top of CE's -(1-p)

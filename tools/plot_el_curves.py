@@ -2,7 +2,7 @@
 
     python -m ofa_el.tools.plot_el_curves --out results/el_curves.png
 
-Everything is computed with the project's own loss math (criterions/token_losses.py), on a
+Everything is computed with the project's own loss math (losses/terms.py), on a
 token whose target has probability p and whose other probability mass is spread evenly
 over V - 1 = 9 classes, without label smoothing.
 """
@@ -16,7 +16,8 @@ from typing import Dict, Optional
 
 import torch
 
-from ..criterions.token_losses import encouraging_bonus, token_losses
+from ..losses.terms import EncouragingBonus, LabelSmoothedCE, encouraging_bonus
+from ..losses.token_loss import token_losses
 
 LOG_ENDS = (0.5, 0.75, 1.0)
 VOCAB = 10
@@ -38,7 +39,8 @@ def curves(points: int = 400) -> Dict[str, Dict[str, torch.Tensor]]:
         losses, grads = [], []
         for value in p.tolist():
             logits = logits_for(value).requires_grad_(True)
-            loss = token_losses(torch.log_softmax(logits, -1), torch.tensor([0]), 0.0, log_end=log_end).loss
+            terms = [LabelSmoothedCE(0.0)] + ([] if log_end is None else [EncouragingBonus(0.0, log_end)])
+            loss = token_losses(torch.log_softmax(logits, -1), torch.tensor([0]), terms).loss
             loss.backward()
             losses.append(loss.item())
             grads.append(logits.grad.norm().item())
