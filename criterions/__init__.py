@@ -8,4 +8,5 @@ else:
         adjust_label_smoothed_cross_entropy,
         adjust_label_smoothed_encouraging_loss,
         adjust_label_smoothed_poly1_cross_entropy,
+        scst_reward_criterion,
     )

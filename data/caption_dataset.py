@@ -31,13 +31,15 @@ class CaptionRow:
 @dataclass
 class CaptionRowParser(RowParser):
     """The caption checks: image decodes; the caption (train) or every ``&&``-joined reference
-    (other splits) is non-empty after OFA's cleaning."""
+    (other splits, and stage-2 training rows: ``references=True``) is non-empty after OFA's cleaning."""
 
     FIELDS: ClassVar[Tuple[str, ...]] = ("uniq_id", "image", "caption")
 
     patch_image_size: int = CAPTION_PATCH_IMAGE_SIZE
     split: str = "train"
     max_tgt_length: int = 30
+    #: Whether the caption column holds ``&&``-joined references; None: all splits but train do.
+    references: Optional[bool] = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -46,7 +48,8 @@ class CaptionRowParser(RowParser):
 
     def parse(self, fields: Dict[str, str]) -> CaptionRow:
         image = self.load_image(fields["image"])
-        if self.split == "train":
+        holds_references = self.split != "train" if self.references is None else self.references
+        if not holds_references:
             target_text = clean_train_caption(fields["caption"], self.max_tgt_length)
             if not target_text:
                 raise ValueError(f"caption column is empty after cleaning: {fields['caption']!r}")
@@ -62,7 +65,8 @@ class CaptionDataset(OFADataset):
     """Rows ``(uniq-id, image, caption)``; the caption column holds ``&&``-joined references
     outside the train split.
 
-    Train targets are the cleaned caption cut to ``max_tgt_length`` words. Evaluation targets
+    Train targets are the cleaned caption cut to ``max_tgt_length`` words; ``references=True`` reads
+    training rows as evaluation rows (caption stage 2: one row per image). Evaluation targets
     are all cleaned references re-joined by ``&&`` (what OFA's validation loss is computed
     on); the references themselves are also kept in the sample (``references``) for CIDEr.
     """
@@ -73,8 +77,9 @@ class CaptionDataset(OFADataset):
 
     def __init__(self, path: str, split: str, codec: TextCodec,
                  selected_cols: Union[str, Sequence[int]] = CAPTION_SELECTED_COLS,
-                 patch_image_size: int = CAPTION_PATCH_IMAGE_SIZE, max_tgt_length: int = 30, **kwargs):
-        parser = CaptionRowParser(patch_image_size, split=split, max_tgt_length=max_tgt_length)
+                 patch_image_size: int = CAPTION_PATCH_IMAGE_SIZE, max_tgt_length: int = 30,
+                 references: Optional[bool] = None, **kwargs):
+        parser = CaptionRowParser(patch_image_size, split=split, max_tgt_length=max_tgt_length, references=references)
         super().__init__(path, split, codec, selected_cols, parser, **kwargs)
         self.max_tgt_length = max_tgt_length
         self.source = self.encode_source(CAPTION_PROMPT)

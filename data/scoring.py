@@ -129,21 +129,23 @@ def _check_cider_table(cached, where: str) -> Tuple[Dict[tuple, float], float]:
         if not _is_number(count) or not 0 <= count <= ref_len:
             raise ValueError(f"{where}: document_frequency[{ngram!r}] = {count!r}; expected a number of images "
                              f"between 0 and ref_len = {ref_len!r}")
-    return table, float(ref_len)
+    return DocumentFrequency(table), float(ref_len)
 
 
-def load_cider_document_frequency(path: str) -> Tuple[Dict[tuple, float], float]:
+def load_cider_document_frequency(path: str, option: str = "--eval-cider-cached-tokens"
+                                  ) -> Tuple[Dict[tuple, float], float]:
     """OFA's ``--eval-cider-cached-tokens`` pickle: ``(document_frequency, ref_len)``.
 
     ``document_frequency`` maps an n-gram tuple to the number of images whose references
     contain it and ``ref_len`` is the number of images of that reference corpus (format: the
     module docstring). The file is read with latin-1 (Python 2 wrote it) through an unpickler
     that admits nothing but dicts, tuples, strings and numbers: an untrusted table cannot run
-    code, as :func:`torch.load` with ``weights_only`` guards checkpoints.
+    code, as :func:`torch.load` with ``weights_only`` guards checkpoints. ``option`` names the flag
+    the path came from in errors (``--scst-cider-cached-tokens`` for caption stage 2).
     """
-    where = f"--eval-cider-cached-tokens {path}"
+    where = f"{option} {path}"
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--eval-cider-cached-tokens: file not found: {path}")
+        raise FileNotFoundError(f"{option}: file not found: {path}")
     with open(path, "rb") as handle:
         try:
             cached = _CiderTableUnpickler(handle, encoding="latin1").load()
@@ -153,6 +155,14 @@ def load_cider_document_frequency(path: str) -> Tuple[Dict[tuple, float], float]
         except Exception as err:  # any parse failure of an untrusted file is a bad file, not a crash
             raise ValueError(f"{where}: not a readable CIDEr table pickle ({type(err).__name__}: {err})") from None
     return _check_cider_table(cached, where)
+
+
+class DocumentFrequency(dict):
+    """{n-gram: number of images}; an n-gram it does not hold counts 0, and looking it up adds nothing, so
+    one table serves every scoring call (a defaultdict would grow by every unseen n-gram scored)."""
+
+    def __missing__(self, ngram: tuple) -> float:
+        return 0.0
 
 
 class _CachedDocumentFrequencyCiderScorer(CiderScorer):
@@ -165,7 +175,8 @@ class _CachedDocumentFrequencyCiderScorer(CiderScorer):
     def __init__(self, document_frequency: Dict[tuple, float], ref_len: float):
         self._log_ref_len = float(np.log(ref_len))
         super().__init__(n=4, sigma=6.0)
-        self.document_frequency = defaultdict(float, document_frequency)
+        self.document_frequency = (document_frequency if isinstance(document_frequency, DocumentFrequency)
+                                   else DocumentFrequency(document_frequency))
 
     @property
     def ref_len(self) -> float:
@@ -191,7 +202,7 @@ def document_frequency_of(references: Iterable[Sequence[str]]) -> Tuple[Dict[tup
         scorer.compute_doc_freq()
         scorer.crefs, scorer.ctest = [], []
         images += 1
-    return dict(scorer.document_frequency), float(images)
+    return DocumentFrequency(scorer.document_frequency), float(images)
 
 
 def cider(records: Iterable[CaptionRecord], cached_document_frequency: Optional[str] = None,

@@ -6,10 +6,15 @@ Document frequencies come from ``--eval-cider-cached-tokens`` (OFA's pickle of t
 validation references) or, without it, from all references of the validation file; with a
 fixed table, per-image scores add up, so the corpus score is exact however the validation
 set is split across workers.
+
+``--scst`` prepares caption stage 2 (self-critical training, ``--criterion scst_reward_criterion``):
+training rows are read like evaluation rows (one row per image, all its references ``&&``-joined,
+kept as ``references``), and a second generator decodes the training samples (``--scst-args``).
 """
 import logging
+from argparse import Namespace
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, List, Optional
 
 from fairseq import metrics
 from fairseq.tasks import register_task
@@ -18,9 +23,12 @@ from ..data.caption_dataset import CaptionDataset
 from ..data.scoring import cider, document_frequency_of, load_cider_document_frequency
 from ..data.text import clean_references, strip_punctuation
 from ..data.tsv import TsvFile
-from .ofa_task import OFATask, OFATaskConfig
+from .ofa_task import OFATask, OFATaskConfig, json_generation_args
 
 logger = logging.getLogger(__name__)
+
+#: OFA's stage-2 decoding of the training samples (run_scripts/caption/train_caption_stage2.sh passes this).
+DEFAULT_SCST_ARGS = '{"beam":5,"max_len_b":16}'
 
 
 @dataclass
@@ -28,6 +36,11 @@ class CaptionConfig(OFATaskConfig):
     eval_cider: bool = field(default=False, metadata={"help": "score validation captions with CIDEr"})
     eval_cider_cached_tokens: Optional[str] = field(
         default=None, metadata={"help": "OFA's CIDEr document-frequency pickle (e.g. coco-valid-words.p)"})
+    scst: bool = field(default=False, metadata={
+        "help": "self-critical sequence training (caption stage 2, --criterion scst_reward_criterion): training "
+                "rows hold all &&-joined references of one image"})
+    scst_args: str = field(default=DEFAULT_SCST_ARGS, metadata={
+        "help": "generation options for the SCST samples, as JSON; every beam hypothesis is a sample"})
 
 
 @register_task("caption", dataclass=CaptionConfig)
@@ -37,10 +50,15 @@ class CaptionTask(OFATask):
     def build_dataset(self, path: str, split: str):
         options = self.dataset_options(split)
         options["selected_cols"] = options["selected_cols"] or "0,4,2"
-        return CaptionDataset(path, split, self.codec, max_tgt_length=self.cfg.max_tgt_length, **options)
+        # SCST scores each training image's hypotheses against all its references: rows as evaluation rows
+        references = True if split == "train" and self.cfg.scst else None
+        return CaptionDataset(path, split, self.codec, max_tgt_length=self.cfg.max_tgt_length, references=references,
+                              **options)
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
+        if self.cfg.scst:
+            self.scst_generator = self.build_generator([model], self.scst_generation_args())
         if self.cfg.eval_cider:
             self.generator = self.build_generator([model], self.generation_args())
             if self.cfg.eval_cider_cached_tokens:
@@ -57,6 +75,32 @@ class CaptionTask(OFATask):
         table = document_frequency_of(clean_references(rows[i][0]) for i in range(len(rows)))
         logger.info("CIDEr document frequencies from the %d images of %s", int(table[1]), path)
         return table
+
+    def scst_generation_args(self) -> Namespace:
+        """``--scst-args`` checked: its beam (fairseq's default 5) must leave each image 2+ samples."""
+        options = json_generation_args("--scst-args", self.cfg.scst_args)
+        beam = getattr(options, "beam", 5)
+        if not isinstance(beam, int) or beam < 2:
+            raise ValueError(f"--scst-args: beam must be an integer >= 2 (each image's other beams are the "
+                             f"self-critical baseline), got {beam!r}")
+        return options
+
+    def training_paths(self) -> List[str]:
+        """Every training TSV (all of ``data`` but the last, evaluation, file)."""
+        self.split_path("train")  # checks there is a training file
+        return self.data_paths()[:-1]
+
+    def training_references(self) -> Iterator[List[str]]:
+        """The cleaned references of every training row (one image each in a stage-2 file), file by file."""
+        caption_column = (self.cfg.selected_cols or "0,4,2").split(",")[2]
+        for path in self.training_paths():
+            rows = TsvFile(path, caption_column, slice_id=0, slice_count=1)
+            for index in range(len(rows)):
+                references = clean_references(rows[index][0])
+                if not all(references):
+                    raise ValueError(f"{path}: row {rows.row_number(index)}: a reference is empty after cleaning")
+                yield references
+            rows.close()
 
     def caption_text(self, tokens) -> str:
         """Decoded, punctuation-free caption text, as OFA scores it."""

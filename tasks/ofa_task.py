@@ -65,6 +65,17 @@ def _takes_update_num(forward) -> bool:
     return "update_num" in inspect.signature(forward).parameters
 
 
+def json_generation_args(flag: str, value: Optional[str]) -> Namespace:
+    """Generation options given as a JSON object (``--eval-args``, ``--scst-args``), with errors naming the flag."""
+    try:
+        options = json.loads(value or "{}")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag}: not valid JSON ({err}): {value!r}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{flag}: expected a JSON object, got {value!r}")
+    return Namespace(**options)
+
+
 class OFATask(FairseqTask):
     """What caption and refcoco share; subclasses build their dataset and validation metric."""
 
@@ -182,13 +193,7 @@ class OFATask(FairseqTask):
 
     # ------------------------------------------------------------------ generation
     def generation_args(self) -> Namespace:
-        try:
-            options = json.loads(self.cfg.eval_args or "{}")
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--eval-args: not valid JSON ({err}): {self.cfg.eval_args!r}") from None
-        if not isinstance(options, dict):
-            raise ValueError(f"--eval-args: expected a JSON object, got {self.cfg.eval_args!r}")
-        return Namespace(**options)
+        return json_generation_args("--eval-args", self.cfg.eval_args)
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         """OFA decodes from bos (its targets are teacher-forced after bos), not from eos."""

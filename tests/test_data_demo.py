@@ -50,7 +50,7 @@ def test_same_seed_same_files_other_seed_other_files(demo, tmp_path):
 
 
 def test_file_names_and_layout(demo):
-    expected = {"caption_stage1_train.tsv", "caption_val.tsv", "caption_test.tsv",
+    expected = {"caption_stage1_train.tsv", "caption_stage2_train.tsv", "caption_val.tsv", "caption_test.tsv",
                 "bpe/encoder.json", "bpe/vocab.bpe", "bpe/dict.txt"}
     expected |= {f"{variant}_{split}.tsv" for variant, splits in REFCOCO_SPLITS.items() for split in splits}
     assert set(all_files(demo)) == expected

@@ -184,6 +184,16 @@ def test_fp16_recipe_without_cuda_stops_with_the_fixes(recipes, capsys, monkeypa
     assert "DEMO=1" in err and "PYTHON=" in err and "Traceback" not in err
 
 
+def test_memory_efficient_fp16_recipe_without_cuda_stops_too(tmp_path, capsys, monkeypatch):
+    (tmp_path / "stage2.yaml").write_text("entry: train\nargs: {arch: ofa_large, memory-efficient-fp16: true}\n")
+    monkeypatch.delenv("DEMO", raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main([str(tmp_path / "stage2.yaml"), "--dry-run"]) == 2
+    assert "--memory-efficient-fp16, which needs a CUDA GPU" in capsys.readouterr().err
+    assert main([str(tmp_path / "stage2.yaml"), "--dry-run", "--cpu"]) == 0
+    assert "--memory-efficient-fp16" not in capsys.readouterr().out.splitlines()[-1].split()
+
+
 def test_explicit_cpu_runs_a_gpu_recipe_without_fp16(recipes, capsys, monkeypatch):
     monkeypatch.delenv("DEMO", raising=False)
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)

@@ -9,6 +9,8 @@
    decoding; ``--all`` (``make demo-all``) adds refcoco+ and refcocog, which start from the
    refcoco model (the demo's stand-in for OFA's pretrained checkpoint, whose pretraining
    includes grounding).
+4. ``--all`` also runs caption stage 2 (``configs/caption/stage2_el.yaml``: self-critical CIDEr-D
+   training from the stage-1 EL model) and reports the test metrics of both stages.
 
 Every step runs the same run_scripts a user runs (``DEMO=1``), so the demo exercises the real
 code path. Metrics go to ``demo/metrics.json``; logs to ``demo/logs``.
@@ -25,13 +27,15 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .launch import expand, load_recipe
+from .make_demo_data import write_caption_stage2_train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo"
 #: Grounding is learnt more slowly than captioning: more rows than the generator's default.
 GROUNDING_TRAIN_ROWS = 4000
 #: The recipe each part trains (its demo block says where it saves and what it restores).
-PART_RECIPES = {"caption": "caption/stage1_el.yaml", "refcoco": "refcoco/refcoco_el.yaml",
+PART_RECIPES = {"caption": "caption/stage1_el.yaml", "caption_stage2": "caption/stage2_el.yaml",
+                "refcoco": "refcoco/refcoco_el.yaml",
                 "refcocoplus": "refcoco/refcocoplus_el.yaml", "refcocog": "refcoco/refcocog_el.yaml"}
 GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
                     "refcocog": ["val", "test"]}
@@ -86,6 +90,32 @@ def caption() -> Dict[str, Dict[str, float]]:
     return {"test": shown}
 
 
+def caption_test_metrics(checkpoint: Path, results: Path, log: Path) -> Dict[str, float]:
+    """BLEU-4, METEOR, ROUGE-L and CIDEr of ``checkpoint`` on the demo's caption test split."""
+    run("caption/evaluate_caption.sh", log, {"CHECKPOINT": str(checkpoint), "RESULTS_DIR": str(results)})
+    metrics = json.loads((results / "metrics.json").read_text())
+    return {name: metrics["caption_test"][key] for name, key in
+            (("BLEU-4", "Bleu_4"), ("METEOR", "METEOR"), ("ROUGE-L", "ROUGE_L"), ("CIDEr", "CIDEr"))}
+
+
+def caption_stage2() -> Dict[str, Dict[str, float]]:
+    """Self-critical training from the stage-1 model; both models scored on the test split the same way."""
+    start = time.time()
+    if not (DEMO / "data" / "caption_stage2_train.tsv").is_file():  # demo data written before stage 2 existed
+        write_caption_stage2_train(str(DEMO / "data"))
+    stage1 = demo_path("caption_stage2", "RESTORE_FILE")
+    before = caption_test_metrics(stage1, DEMO / "results" / "caption_stage2_from",
+                                  DEMO / "logs" / "caption_stage2_from_eval.log")
+    print("caption_stage2: self-critical CIDEr training from the stage-1 EL model "
+          "(configs/caption/stage2_el.yaml) ...", flush=True)
+    run("caption/train_caption_stage2_el.sh", DEMO / "logs" / "caption_stage2_train.log", {})
+    after = caption_test_metrics(best_checkpoint("caption_stage2"), DEMO / "results" / "caption_stage2",
+                                 DEMO / "logs" / "caption_stage2_eval.log")
+    print(f"caption_stage2: {time.time() - start:.0f} s; test CIDEr {before['CIDEr']:.3f} (stage 1) -> "
+          f"{after['CIDEr']:.3f} (stage 2)")
+    return {"stage1_test": before, "test": after}
+
+
 def grounding(set_name: str) -> Dict[str, Dict[str, Dict[str, float]]]:
     start = time.time()
     recipe = {"refcoco": "train_refcoco_el.sh", "refcocoplus": "train_refcocoplus_el.sh",
@@ -110,6 +140,10 @@ def print_table(metrics: Dict) -> None:
     print("\n== demo results (synthetic data; see README.md) ==")
     if "caption" in metrics:
         print("caption test: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics["caption"]["test"].items()))
+    if "caption_stage2" in metrics:
+        for label, key in (("stage 1", "stage1_test"), ("stage 2", "test")):
+            print(f"caption {label} (SCST comparison) test: " + "  ".join(
+                f"{k} {v:.3f}" for k, v in metrics["caption_stage2"][key].items()))
     for set_name in GROUNDING_SPLITS:
         if set_name in metrics:
             for split, values in metrics[set_name].items():
@@ -120,12 +154,17 @@ def print_table(metrics: Dict) -> None:
 
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--all", action="store_true", help="also refcoco+ and refcocog")
-    parser.add_argument("--only", choices=["caption", *GROUNDING_SPLITS], help="run a single part")
+    parser.add_argument("--all", action="store_true", help="also caption stage 2, refcoco+ and refcocog")
+    parser.add_argument("--only", choices=list(PART_RECIPES), help="run a single part")
     args = parser.parse_args(argv)
     start = time.time()
     ensure_data()
-    parts = [args.only] if args.only else ["caption", "refcoco"] + (["refcocoplus", "refcocog"] if args.all else [])
+    if args.only:
+        parts = [args.only]
+    elif args.all:
+        parts = ["caption", "caption_stage2", "refcoco", "refcocoplus", "refcocog"]
+    else:
+        parts = ["caption", "refcoco"]
     while starts_from(parts[0]) and not best_checkpoint(starts_from(parts[0])).is_file():
         source = starts_from(parts[0])
         print(f"{parts[0]} starts from {best_checkpoint(source).relative_to(REPO_ROOT)}, which is missing: "
@@ -136,6 +175,8 @@ def main(argv: List[str] = None) -> None:
     for part in parts:
         if part == "caption":
             metrics["caption"] = caption()
+        elif part == "caption_stage2":
+            metrics["caption_stage2"] = caption_stage2()
         else:
             results = grounding(part)
             metrics[part] = results["restricted"]

@@ -49,6 +49,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
 ENTRY_MODULES = {"train": "ofa_el.tools.train", "evaluate": "ofa_el.tools.evaluate"}
 _VAR = re.compile(r"\$\{(\w+)\}")
+#: Recipe flags that train in float16: GPU recipes (OFA's stage 1 uses --fp16, stage 2 --memory-efficient-fp16).
+HALF_PRECISION_FLAGS = ("fp16", "memory-efficient-fp16")
 RECIPE_KEYS = {"description", "extends", "entry", "env", "data", "global_batch_size", "args", "demo"}
 
 
@@ -194,9 +196,10 @@ def command(recipe: Mapping[str, Any], env: Mapping[str, str], extra: List[str],
     if entry not in ENTRY_MODULES:
         raise RecipeError(f"{where}: entry must be one of {sorted(ENTRY_MODULES)}, got {entry!r}")
     recipe = dict(recipe)
-    if flag_given(extra, "--cpu") and (recipe.get("args") or {}).get("fp16"):
-        # an explicit --cpu run of a GPU recipe (e.g. to try it on a laptop): fp16 needs CUDA in fairseq 0.12
-        recipe["args"] = dict(recipe["args"], fp16=None)
+    if flag_given(extra, "--cpu"):
+        # an explicit --cpu run of a GPU recipe (e.g. to try it on a laptop): the recipe's half precision goes
+        recipe["args"] = {name: None if name in HALF_PRECISION_FLAGS else value
+                          for name, value in (recipe.get("args") or {}).items()}
     layout = process_layout(env)
     processes = layout["nproc_per_node"] * layout["nnodes"]
     update_freq = derived_update_freq(recipe, extra, processes) if entry == "train" else None
@@ -246,15 +249,18 @@ def environment_line() -> str:
 
 
 def check_device(argv: List[str]) -> None:
-    """``--fp16`` needs a CUDA GPU (fairseq 0.12's fp16 optimizer); say so before anything starts."""
+    """Half precision is for a CUDA GPU (fairseq 0.12's ``--fp16`` optimizer needs one; ``--memory-efficient-fp16``
+    would crawl on a CPU): say so before anything starts, unless ``--cpu`` asks for the CPU explicitly."""
     import torch
 
-    if flag_given(argv, "--fp16") and not torch.cuda.is_available():
-        raise RecipeError(
-            f"this recipe trains with --fp16, which needs a CUDA GPU, and {sys.executable} (torch "
-            f"{torch.__version__}) sees none. Fixes: DEMO=1 runs the CPU-sized demo recipe; PYTHON=/path/to/python "
-            "picks a Python with a CUDA build of torch (the scripts otherwise take the active virtualenv/conda "
-            "environment, then the repository's .venv); --cpu runs this recipe on the CPU without --fp16")
+    half = [f"--{name}" for name in HALF_PRECISION_FLAGS if flag_given(argv, f"--{name}")]
+    if not half or torch.cuda.is_available() or (flag_given(argv, "--cpu") and "--fp16" not in half):
+        return
+    raise RecipeError(
+        f"this recipe trains with {half[0]}, which needs a CUDA GPU, and {sys.executable} (torch "
+        f"{torch.__version__}) sees none. Fixes: DEMO=1 runs the CPU-sized demo recipe; PYTHON=/path/to/python "
+        "picks a Python with a CUDA build of torch (the scripts otherwise take the active virtualenv/conda "
+        "environment, then the repository's .venv); --cpu runs this recipe on the CPU without half precision")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -9,6 +9,8 @@ minutes. Everything is a pure function of ``--seed``.
 Files (named like OFA's released ones):
   caption_stage1_train.tsv   one caption per line: uniq-id, image-id, caption, object labels, base64 JPEG
   caption_val.tsv, caption_test.tsv   one line per image, the 5 references joined by ``&&``
+  (caption_stage2_train.tsv: the stage-1 train images, one line per image, references joined by ``&&``;
+   written by :func:`write_caption_stage2_train`, which the demo's caption_stage2 part calls)
   refcoco{,plus,g}_*.tsv     uniq-id, image-id, expression, "x0,y0,x1,y1", base64 JPEG
   bpe/encoder.json, bpe/vocab.bpe, bpe/dict.txt   a byte-level BPE readable by fairseq's GPT2BPE
 
@@ -185,6 +187,26 @@ def write_caption_sets(out: str, rng: random.Random, sizes: Dict[str, int], imag
     return texts
 
 
+def write_caption_stage2_train(out: str) -> str:
+    """``caption_stage2_train.tsv`` from ``caption_stage1_train.tsv``: the same images, one row per image with
+    its references joined by ``&&`` (OFA's stage-2 layout, what self-critical training scores against).
+
+    Read back from the stage-1 file rather than drawn anew, so it holds exactly the stage-1 images and captions
+    (and the seed's other files do not change). Returns the path written.
+    """
+    rows: Dict[str, List[str]] = {}
+    with open(os.path.join(out, "caption_stage1_train.tsv"), encoding="utf-8") as handle:
+        for line in handle:
+            _, image_id, caption, labels, image_b64 = line.rstrip("\n").split("\t")
+            if image_id in rows:
+                rows[image_id][2] += "&&" + caption
+            else:
+                rows[image_id] = [image_id, image_id, caption, labels, image_b64]
+    path = os.path.join(out, "caption_stage2_train.tsv")
+    write_tsv(path, rows.values())
+    return path
+
+
 # -- referring expressions -------------------------------------------------------------------
 
 #: Shape sides as fractions (min, max) of the image's shorter side. Large, like most RefCOCO
@@ -297,6 +319,7 @@ def make_demo_data(out: str, seed: int = 0, image_size: int = 64, train_images: 
     os.makedirs(out, exist_ok=True)
     rng = random.Random(seed)
     texts = write_caption_sets(out, rng, {"train": train_images, "val": val_images, "test": test_images}, image_size)
+    write_caption_stage2_train(out)
     if refcoco_train_images > 0:
         texts += write_refcoco_sets(out, rng, refcoco_train_images, refcoco_eval_images, refcoco_object_sides)
     write_bpe(os.path.join(out, "bpe"), texts, bpe_vocab_size)
