@@ -37,6 +37,8 @@ GROUNDING_TRAIN_ROWS = 4000
 PART_RECIPES = {"caption": "caption/stage1_el.yaml", "caption_stage2": "caption/stage2_el.yaml",
                 "refcoco": "refcoco/refcoco_el.yaml",
                 "refcocoplus": "refcoco/refcocoplus_el.yaml", "refcocog": "refcoco/refcocog_el.yaml"}
+#: Updates of the stage-1 model that the stage-2 demo starts from (the full stage 1 leaves SCST little room).
+SHORT_STAGE1_UPDATES = 150
 GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
                     "refcocog": ["val", "test"]}
 
@@ -99,14 +101,22 @@ def caption_test_metrics(checkpoint: Path, results: Path, log: Path) -> Dict[str
 
 
 def caption_stage2() -> Dict[str, Dict[str, float]]:
-    """Self-critical training from the stage-1 model; both models scored on the test split the same way."""
+    """Self-critical training from a short stage-1 EL model; both models scored on the test split the same way.
+
+    The full demo stage 1 (test CIDEr ~1.47 on these synthetic captions) leaves little room, so the comparison
+    starts from a stage-1 run of ``SHORT_STAGE1_UPDATES`` updates (trained here when missing), as issue #18 asks
+    rather than claiming a gain that is not there."""
     start = time.time()
     if not (DEMO / "data" / "caption_stage2_train.tsv").is_file():  # demo data written before stage 2 existed
         write_caption_stage2_train(str(DEMO / "data"))
     stage1 = demo_path("caption_stage2", "RESTORE_FILE")
+    if not stage1.is_file():
+        print(f"caption_stage2: a short stage-1 EL model first ({SHORT_STAGE1_UPDATES} updates) ...", flush=True)
+        run("caption/train_caption_stage1_el.sh", DEMO / "logs" / "caption_stage1_short_train.log",
+            {"SAVE_DIR": str(stage1.parent)}, "--max-epoch", "1", "--max-update", str(SHORT_STAGE1_UPDATES))
     before = caption_test_metrics(stage1, DEMO / "results" / "caption_stage2_from",
                                   DEMO / "logs" / "caption_stage2_from_eval.log")
-    print("caption_stage2: self-critical CIDEr training from the stage-1 EL model "
+    print("caption_stage2: self-critical CIDEr training from the short stage-1 EL model "
           "(configs/caption/stage2_el.yaml) ...", flush=True)
     run("caption/train_caption_stage2_el.sh", DEMO / "logs" / "caption_stage2_train.log", {})
     after = caption_test_metrics(best_checkpoint("caption_stage2"), DEMO / "results" / "caption_stage2",
