@@ -170,4 +170,4 @@ def test_stage2_recipes_carry_ofas_values():
         assert "--update-freq=32" in cmd and "--selected-cols=1,4,2" in cmd
         assert cmd[3].endswith("/caption_stage2_train.tsv," + str(REPO_ROOT / "dataset/caption_data/caption_val.tsv"))
         demo = load_recipe(REPO_ROOT / "configs" / "caption" / name, demo=True)
-        assert demo["env"]["RESTORE_FILE"] == "demo/checkpoints/caption_el/checkpoint_best.pt"
+        assert demo["env"]["RESTORE_FILE"] == "demo/checkpoints/caption_el_short/checkpoint_best.pt"

@@ -10,7 +10,7 @@
    refcoco model (the demo's stand-in for OFA's pretrained checkpoint, whose pretraining
    includes grounding).
 4. ``--all`` also runs caption stage 2 (``configs/caption/stage2_el.yaml``: self-critical CIDEr-D
-   training from the stage-1 EL model) and reports the test metrics of both stages.
+   training from a short, 150-update stage-1 EL model) and reports the test metrics of both stages.
 
 Every step runs the same run_scripts a user runs (``DEMO=1``), so the demo exercises the real
 code path. Metrics go to ``demo/metrics.json``; logs to ``demo/logs``.
