@@ -20,6 +20,12 @@ needs_importable_folder = pytest.mark.skipif(
     reason=f"plain fairseq-train cannot import --user-dir {REPO_ROOT}: its folder name has a dot (rename the folder)")
 
 
+#: A one-layer, width-32 OFA model: the size end-to-end tests train the recipes at (append run-length flags).
+TINY_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+              "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
+              "--decoder-attention-heads", "2"]
+
+
 def venv_bin(name: str) -> str:
     """A console script of the interpreter running the tests (fairseq-train, ...)."""
     return str(Path(sys.executable).parent / name)

@@ -7,13 +7,10 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TINY_MODEL
 from ofa_el.tools.make_demo_data import make_demo_data
 
-SMALL_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
-               "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-               "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--batch-size", "8",
-               "--max-epoch", "1", "--log-interval", "2"]
+SMALL_MODEL = TINY_MODEL + ["--batch-size", "8", "--max-epoch", "1", "--log-interval", "2"]
 
 
 @pytest.fixture(scope="module")

@@ -12,27 +12,20 @@ from fairseq import options, tasks
 import ofa_el  # noqa: F401
 from ofa_el.criterions.scst_reward_criterion import ScstRewardCriterion, self_critical_rewards
 from ofa_el.data.scoring import cider
-from ofa_el.tools.make_demo_data import make_demo_data, write_caption_stage2_train
+from ofa_el.tools.make_demo_data import make_demo_data
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TINY_MODEL
 
-TINY_MODEL = ["--arch", "ofa_tiny", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
-              "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-              "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--resnet-type", "resnet18",
-              "--code-dict-size", "0", "--num-bins", "10", "--dropout", "0", "--encoder-drop-path-rate", "0",
-              "--decoder-drop-path-rate", "0"]
+TINY_TASK_MODEL = ["--arch", "ofa_tiny", *TINY_MODEL, "--resnet-type", "resnet18", "--code-dict-size", "0",
+                   "--num-bins", "10", "--dropout", "0", "--encoder-drop-path-rate", "0", "--decoder-drop-path-rate", "0"]
 #: Overrides of the demo recipes' model and run length (as tests/test_recipes_e2e.py trains them).
-SMALL_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
-               "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-               "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--batch-size", "8",
-               "--max-epoch", "1", "--log-interval", "1"]
+SMALL_MODEL = TINY_MODEL + ["--batch-size", "8", "--max-epoch", "1", "--log-interval", "1"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = tmp_path_factory.mktemp("scst_data")
     make_demo_data(str(out), seed=2, train_images=8, val_images=4, test_images=3, refcoco_train_images=0)
-    write_caption_stage2_train(str(out))
     return out
 
 
@@ -60,7 +53,7 @@ def caption_task(data, *extra):
     args = options.parse_args_and_arch(parser, [
         f"{data / 'caption_stage2_train.tsv'},{data / 'caption_val.tsv'}", "--task", "caption", "--scst",
         "--selected-cols", "1,4,2", "--bpe-dir", str(data / "bpe"), "--patch-image-size", "32", "--batch-size", "2",
-        "--criterion", "scst_reward_criterion", *TINY_MODEL, *extra])
+        "--criterion", "scst_reward_criterion", *TINY_TASK_MODEL, *extra])
     return tasks.setup_task(args), args
 
 
