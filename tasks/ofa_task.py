@@ -23,6 +23,7 @@ from omegaconf import II
 
 from ..data.dictionary import build_ofa_dictionary
 from ..data.text import TextCodec
+from .ngram_blocking import fix_ngram_blocking
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,12 @@ class OFATask(FairseqTask):
     # ------------------------------------------------------------------ generation
     def generation_args(self) -> Namespace:
         return json_generation_args("--eval-args", self.cfg.eval_args)
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
+                        prefix_allowed_tokens_fn=None):
+        """fairseq's generator, with an n-gram blocker that blocks (see :mod:`.ngram_blocking`)."""
+        return fix_ngram_blocking(super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs,
+                                                          prefix_allowed_tokens_fn=prefix_allowed_tokens_fn))
 
     def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
         """OFA decodes from bos (its targets are teacher-forced after bos), not from eos."""
