@@ -31,8 +31,8 @@ from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 from torch import Tensor
 
-from ..data.scoring import cider, document_frequency_of, load_cider_document_frequency
-from ..tools.cider_table import SCST_END_TOKEN
+from ..data.scoring import SCST_END_TOKEN, cider, document_frequency_of, load_cider_document_frequency
+from ..losses.terms import support_mask_from_range
 from .adjust_label_smoothed_cross_entropy import parse_constraint_range
 
 logger = logging.getLogger(__name__)
@@ -150,10 +150,7 @@ class ScstRewardCriterion(FairseqCriterion):
         net_input["prev_output_tokens"] = prev_output_tokens
         logits = model(**net_input)[0]
         if self.constraint_range is not None:
-            start, end = self.constraint_range
-            allowed = torch.zeros(logits.size(-1), dtype=torch.bool, device=logits.device)
-            allowed[:4] = True
-            allowed[start:end] = True
+            allowed = support_mask_from_range(logits.size(-1), *self.constraint_range, device=logits.device)
             logits = logits.masked_fill(~allowed, float("-inf"))
         scored = target.ne(pad)
         if self.ignore_prefix_size > 0:

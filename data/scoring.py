@@ -58,6 +58,9 @@ from .boxes import box_iou, grounding_hits
 logger = logging.getLogger(__name__)
 
 CaptionRecord = Tuple[Hashable, str, Sequence[str]]
+#: Appended to every hypothesis and reference by OFA's SCST criterion (and by the script that wrote its
+#: coco-*-words.p tables), so that ending a caption is scored too.
+SCST_END_TOKEN = "<eos>"
 BoxRecord = Tuple[Hashable, Sequence[float], Sequence[float]]
 
 

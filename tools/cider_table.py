@@ -20,15 +20,13 @@ import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..data.scoring import document_frequency_of
+from ..data.scoring import SCST_END_TOKEN, document_frequency_of
 from ..data.text import clean_references
 from ..data.tsv import TsvFile, parse_selected_cols
 from .errors import UserError, quiet_logs
 
 #: OFA's caption TSV columns: uniq-id, image-id, caption, object labels, image (base64).
 DEFAULT_COLUMNS = "1,2"
-#: Appended to every reference by OFA's SCST criterion (and by the script that wrote coco-*-words.p).
-SCST_END_TOKEN = "<eos>"
 
 
 def read_references(paths: Sequence[str], columns: Tuple[int, int], append_eos: bool = False
