@@ -1,4 +1,5 @@
-"""RefCOCO / RefCOCO+ / RefCOCOg samples, preprocessed as OFA's refcoco task does (OFA's data/mm_data/refcoco_dataset.py)."""
+"""RefCOCO / RefCOCO+ / RefCOCOg samples, preprocessed as OFA's refcoco task does
+(OFA's data/mm_data/refcoco_dataset.py)."""
 from __future__ import annotations
 
 import math

@@ -21,9 +21,9 @@ needs_importable_folder = pytest.mark.skipif(
 
 
 #: A one-layer, width-32 OFA model: the size end-to-end tests train the recipes at (append run-length flags).
-TINY_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
-              "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
-              "--decoder-attention-heads", "2"]
+TINY_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
+              "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+              "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
 
 
 def venv_bin(name: str) -> str:

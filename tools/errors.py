@@ -49,10 +49,10 @@ def is_user_error(err: BaseException) -> bool:
 NOISY_LOGGERS = ("PIL", "hydra", "matplotlib", "urllib3", "h5py")
 
 
-def quiet_logs() -> None:
-    """Root logger at INFO (fairseq's own lines stay), the noisy libraries at WARNING, and warnings about
-    fairseq's own use of hydra and of pin_memory on a CPU (nothing a user can change) hidden."""
-    logging.getLogger().setLevel(logging.INFO)
+def quiet_logs(level: int = logging.INFO) -> None:
+    """Root logger at ``level`` (INFO: fairseq's own lines stay), the noisy libraries at WARNING, and
+    warnings about fairseq's own use of hydra and of pin_memory on a CPU (nothing a user can change) hidden."""
+    logging.getLogger().setLevel(level)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"(?is).*hydra")

@@ -31,7 +31,6 @@ import math
 import os
 import pickle
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -40,7 +39,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .. import claim_folder_name
-from .errors import UserError, run_cli
+from .errors import UserError, quiet_logs, run_cli
 from .evaluate import add_generation_options, generation_args
 
 TASKS = ("caption", "refcoco")
@@ -271,7 +270,7 @@ def result_line(result: Dict[str, Any]) -> str:
 def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     # warnings only: the output is the predictions, not fairseq's loading log
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s | %(name)s | %(message)s", force=True)
-    warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true")  # fairseq's loader on CPU
+    quiet_logs(logging.WARNING)
     args = parse_args(argv)
     claim_folder_name()  # the checkpoint's --user-dir names this folder
     if not os.path.isfile(args.path):
