@@ -339,6 +339,10 @@ def test_command_line_and_recipes_build_the_criteria(capsys):
     )
     from ofa_el.tools.launch import fairseq_arguments, load_recipe
 
+    import ofa_el
+
+    ofa_el.claim_folder_name()  # as the plugin's entry points do: --user-dir may name a folder with a dot in it
+
     def parse(argv):
         return options.parse_args_and_arch(options.get_training_parser(), argv + ["--user-dir", str(REPO_ROOT)])
 
