@@ -46,6 +46,7 @@ class CaptionConfig(OFATaskConfig):
 @register_task("caption", dataclass=CaptionConfig)
 class CaptionTask(OFATask):
     cfg: CaptionConfig
+    _cider_table = None
 
     def build_dataset(self, path: str, split: str):
         options = self.dataset_options(split)
@@ -61,11 +62,24 @@ class CaptionTask(OFATask):
             self.scst_generator = self.build_generator([model], self.scst_generation_args())
         if self.cfg.eval_cider:
             self.generator = self.build_generator([model], self.generation_args())
-            if self.cfg.eval_cider_cached_tokens:
-                self.cider_table = load_cider_document_frequency(self.cfg.eval_cider_cached_tokens)
-            else:
-                self.cider_table = self.validation_document_frequency()
         return model
+
+    def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
+        """Training loads its validation split at start: read the CIDEr table then, so that a wrong
+        ``--eval-cider-cached-tokens`` stops the run before the first update, not at the first validation."""
+        super().load_dataset(split, epoch, combine, **kwargs)
+        if split == "valid" and self.cfg.eval_cider:
+            self.cider_document_frequency()
+
+    def cider_document_frequency(self):
+        """The table validation scores with, read once when validation first needs it. Building the task (for
+        evaluation or prediction from a checkpoint whose stored table path does not exist here) never reads it."""
+        if self._cider_table is None:
+            if self.cfg.eval_cider_cached_tokens:
+                self._cider_table = load_cider_document_frequency(self.cfg.eval_cider_cached_tokens)
+            else:
+                self._cider_table = self.validation_document_frequency()
+        return self._cider_table
 
     def validation_document_frequency(self):
         """CIDEr's document frequencies over every reference of the whole validation file."""
@@ -111,7 +125,7 @@ class CaptionTask(OFATask):
         if self.cfg.eval_cider and sample:
             captions = [self.caption_text(tokens) for tokens in self.hypotheses(self.generator, model, sample)]
             records = list(zip(sample["id"].tolist(), captions, sample["references"]))
-            _, scores = cider(records, document_frequency=self.cider_table)
+            _, scores = cider(records, document_frequency=self.cider_document_frequency())
             logging_output["_cider_score_sum"] = float(sum(scores.values()))
             logging_output["_cider_cnt"] = len(scores)
             self.maybe_print_sample(sample, captions[0], sample["references"][0])

@@ -103,6 +103,19 @@ def test_cider_over_the_validation_table_is_additive(demo_data):
     assert whole == pytest.approx(direct, rel=1e-9)  # the table is the validation set's own
 
 
+def test_cider_table_is_read_when_validation_loads_not_when_the_model_is_built(demo_data, tmp_path):
+    """Evaluating a checkpoint whose stored table is elsewhere builds its task and model; training, which loads the
+    validation split first, stops there on a missing table, before any update."""
+    missing = tmp_path / "coco-valid-words.p"
+    task, args = setup("caption", demo_data, ["caption_stage1_train.tsv", "caption_val.tsv"], "--eval-cider",
+                       "--eval-cider-cached-tokens", str(missing), "--arch", "ofa_tiny", "--encoder-layers", "1",
+                       "--decoder-layers", "1", "--resnet-type", "resnet18", "--code-dict-size", "0")
+    task.build_model(args)
+    task.load_dataset("test")
+    with pytest.raises(FileNotFoundError, match="--eval-cider-cached-tokens: file not found: .*coco-valid-words.p"):
+        task.load_dataset("valid")
+
+
 def test_missing_files_are_named(demo_data, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.tsv"):
         task, _ = setup("caption", demo_data, ["caption_stage1_train.tsv", "nowhere.tsv"])

@@ -1,7 +1,10 @@
 """Evaluate a caption or refcoco checkpoint on one or more splits: predictions to JSON, metrics printed.
 
-    python -m ofa_el.tools.evaluate A.tsv[,B.tsv,...] --path checkpoint_best.pt --bpe-dir BPE \
+    python -m ofa_el.tools.evaluate A.tsv[,B.tsv,...] --path checkpoint_best.pt [--bpe-dir BPE] \
         --results-path results/caption [--beam 5 ...] [--metrics-json out.json]
+
+The checkpoint's stored training and validation settings (its data files, CIDEr table, ``--eval-args``) are ignored,
+with one log line; its BPE folder is used unless ``--bpe-dir`` names another.
 
 Each file is a split named after it (``refcoco_testA.tsv`` -> ``refcoco_testA``), written to
 ``<results-path>/<split>_predict.json``. Caption writes ``[{"image_id", "caption"}]`` and reports
@@ -28,13 +31,15 @@ from .. import claim_folder_name
 from .errors import UserError, quiet_logs, run_cli
 
 logger = logging.getLogger("ofa_el.evaluate")
+BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="the TSV file(s) to evaluate, comma-separated")
     parser.add_argument("--path", required=True, help="checkpoint file")
-    parser.add_argument("--bpe-dir", required=True)
+    parser.add_argument("--bpe-dir", default=None,
+                        help="encoder.json, vocab.bpe, dict.txt; default: the checkpoint's own, if that folder exists")
     parser.add_argument("--selected-cols", default=None, help="default: the task's (caption: 1,4,2 for image ids)")
     parser.add_argument("--results-path", default="results", help="directory for <gen-subset>_predict.json")
     parser.add_argument("--metrics-json", default=None, help="also write the metrics to this JSON file")
@@ -55,14 +60,63 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is available")
 
 
+#: Task settings that serve only training or validation, switched off when a checkpoint is evaluated or used for
+#: prediction: their stored values (OFA's relative paths, another machine's files) name nothing that generation reads.
+TRAINING_ONLY_SETTINGS: Dict[str, Any] = {"data": None, "eval_cider": False, "eval_cider_cached_tokens": None,
+                                          "eval_acc": False, "eval_args": "{}"}
+
+
+def ignore_training_settings(path: str, task_cfg) -> Dict[str, Any]:
+    """Overrides for :data:`TRAINING_ONLY_SETTINGS`, logging in one line those the checkpoint had set."""
+    stored = {name: task_cfg.get(name) for name, off in TRAINING_ONLY_SETTINGS.items()
+              if task_cfg.get(name) not in (None, off)}
+    if stored:
+        logger.info("%s: ignoring its stored training/validation settings (not needed here): %s", path,
+                    ", ".join(f"{name}={value!r}" for name, value in stored.items()))
+    return dict(TRAINING_ONLY_SETTINGS)
+
+
+def bpe_dir_for(args: argparse.Namespace, task_cfg) -> str:
+    """``--bpe-dir``, else the checkpoint's own when that folder exists here; checked to hold the BPE files."""
+    if args.bpe_dir is not None:
+        folder, source = args.bpe_dir, f"--bpe-dir {args.bpe_dir}"
+    else:
+        folder, source = task_cfg.get("bpe_dir"), f"{args.path} was trained with --bpe-dir {task_cfg.get('bpe_dir')}"
+        if not folder or not os.path.isdir(folder):
+            raise UserError(f"{source}, which is not a directory here: pass --bpe-dir DIR (encoder.json, vocab.bpe, "
+                            "dict.txt)")
+    if not os.path.isdir(folder):
+        raise UserError(f"{source}: no such directory")
+    missing = [name for name in BPE_FILES if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise UserError(f"{source}: missing {', '.join(missing)} (a BPE folder holds {', '.join(BPE_FILES)})"
+                        + ("" if args.bpe_dir is not None else "; pass --bpe-dir DIR"))
+    return folder
+
+
+def apply_overrides(state: Dict[str, Any], overrides: Dict[str, Any]) -> None:
+    """What fairseq's ``arg_overrides`` does when it reads the file; done here because the state is read once."""
+    from fairseq.dataclass.utils import overwrite_args_by_name
+
+    if state.get("args") is not None:
+        for name, value in overrides.items():
+            if hasattr(state["args"], name):  # a task's options only: the rest would be unknown to it
+                setattr(state["args"], name, value)
+    overwrite_args_by_name(state["cfg"], overrides)
+
+
 def load(args: argparse.Namespace):
     from fairseq import checkpoint_utils
 
+    state = checkpoint_utils.load_checkpoint_to_cpu(args.path)
+    task_cfg = state["cfg"].task
     first = args.data.split(",")[0]
-    overrides: Dict[str, Any] = {"data": f"{first},{first}", "bpe_dir": args.bpe_dir}
+    overrides = {**ignore_training_settings(args.path, task_cfg), "data": f"{first},{first}",
+                 "bpe_dir": bpe_dir_for(args, task_cfg)}
     if args.selected_cols:
         overrides["selected_cols"] = args.selected_cols
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides=overrides)
+    apply_overrides(state, overrides)
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], state=state)
     model = models[0]
     use_cuda = torch.cuda.is_available() and not args.cpu
     model = (model.cuda() if use_cuda else model).eval()

@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw
 
 from .. import claim_folder_name
 from .errors import UserError, quiet_logs, run_cli
-from .evaluate import add_generation_options, generation_args
+from .evaluate import add_generation_options, apply_overrides, bpe_dir_for, generation_args, ignore_training_settings
 
 TASKS = ("caption", "refcoco")
 #: The caption column of a caption row; evaluation rows need a non-empty one, generation never reads it.
@@ -156,30 +156,6 @@ def expression_text(text: str, task_cfg) -> str:
     return one_line
 
 
-def bpe_dir_for(args: argparse.Namespace, task_cfg) -> str:
-    """``--bpe-dir``, else the checkpoint's own when that folder exists here."""
-    if args.bpe_dir is not None:
-        if not os.path.isdir(args.bpe_dir):
-            raise UserError(f"--bpe-dir {args.bpe_dir}: no such directory")
-        return args.bpe_dir
-    saved = task_cfg.get("bpe_dir")
-    if not saved or not os.path.isdir(saved):
-        raise UserError(f"{args.path} was trained with --bpe-dir {saved}, which is not a directory here: pass "
-                        "--bpe-dir DIR (encoder.json, vocab.bpe, dict.txt)")
-    return saved
-
-
-def apply_overrides(state: Dict[str, Any], overrides: Dict[str, Any]) -> None:
-    """What fairseq's ``arg_overrides`` does when it reads the file; done here because the state is read once."""
-    from fairseq.dataclass.utils import overwrite_args_by_name
-
-    if state.get("args") is not None:
-        for name, value in overrides.items():
-            if hasattr(state["args"], name):  # a task's options only: the rest would be unknown to it
-                setattr(state["args"], name, value)
-    overwrite_args_by_name(state["cfg"], overrides)
-
-
 def write_rows(tsv: Path, task_name: str, images: Sequence[InputImage], text: Optional[str]) -> None:
     """One row per image in the task's field order; the unused target is a placeholder the row checks accept
     (for refcoco a 1x1 box in the corner: inside any image, and within the bins whatever the image size)."""
@@ -236,10 +212,8 @@ def load_model(args: argparse.Namespace, state: Dict[str, Any], use_cuda: bool):
     from fairseq import checkpoint_utils
 
     task_cfg = state["cfg"].task
-    apply_overrides(state, {"bpe_dir": bpe_dir_for(args, task_cfg), "selected_cols": SELECTED_COLS[task_cfg._name],
-                            "skip_invalid_rows": False,
-                            # validation-only set-up: CIDEr tables would read the training-time data files
-                            "eval_cider": False, "eval_acc": False})
+    apply_overrides(state, {**ignore_training_settings(args.path, task_cfg), "bpe_dir": bpe_dir_for(args, task_cfg),
+                            "selected_cols": SELECTED_COLS[task_cfg._name], "skip_invalid_rows": False})
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.path], state=state)
     model = (models[0].cuda() if use_cuda else models[0]).eval()
     return model, task
