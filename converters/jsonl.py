@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import Counter
 from typing import Callable, Dict, Iterator, List, Tuple
 
 from .coco_captions import caption_row, checked_caption
@@ -23,10 +24,10 @@ from .entries import Box, Entry, InvalidEntry, Item, Row, one_line, read_jsonl, 
 from .imagenet import CLASS_LIST_NAME, class_list_pickle, image_classify_row
 from .refcoco import refcoco_row
 from .snli_ve import snli_ve_row
-from .vqa import soft_scores, vqa_row
+from .vqa import ANS2LABEL_NAME, ans2label_pickle, ranked, soft_scores, vqa_row
 from .writer import Conversion, OutputFile
 
-#: ``(key, uniq_id, image_id, record, class indexes) -> Row`` per task.
+#: ``(key, uniq_id, image_id, record, candidate or class indexes) -> Row`` per task.
 RowBuilder = Callable[[str, str, str, dict, Dict[str, int]], Row]
 
 
@@ -49,18 +50,21 @@ def _refcoco(key: str, uniq_id: str, image_id: str, record: dict, _) -> Row:
     return refcoco_row(key, uniq_id, image_id, str(record["text"]), _corners(record["box"]))
 
 
-def _vqa(key: str, uniq_id: str, image_id: str, record: dict, _) -> Row:
+def _scored_answers(record: dict) -> List[Tuple[str, float]]:
+    """A vqa_gen line's ``(answer, confidence)`` pairs, best first."""
     require(record, ("question", "answers"))
     answers = record["answers"]
     if isinstance(answers, dict):
-        scored = sorted(((one_line(a), float(c)) for a, c in answers.items()), key=lambda item: (-item[1], item[0]))
-    elif isinstance(answers, list):
-        scored = soft_scores([one_line(a) for a in answers if one_line(a)])
-    else:
-        raise ValueError(f"answers must be a list of answers or {{answer: confidence}}, got {answers!r}")
+        return ranked((one_line(a), float(c)) for a, c in answers.items())
+    if isinstance(answers, list):
+        return soft_scores([one_line(a) for a in answers if one_line(a)])
+    raise ValueError(f"answers must be a list of answers or {{answer: confidence}}, got {answers!r}")
+
+
+def _vqa(key: str, uniq_id: str, image_id: str, record: dict, candidates: Dict[str, int]) -> Row:
     tags = record.get("tags", "")
-    return vqa_row(key, uniq_id, image_id, str(record["question"]), scored,
-                   "&&".join(map(str, tags)) if isinstance(tags, list) else str(tags))
+    return vqa_row(key, uniq_id, image_id, str(record.get("question", "")), _scored_answers(record),
+                   candidates.keys(), "&&".join(map(str, tags)) if isinstance(tags, list) else str(tags))
 
 
 def _snli_ve(key: str, uniq_id: str, image_id: str, record: dict, _) -> Row:
@@ -107,7 +111,17 @@ def convert(args: argparse.Namespace) -> Conversion:
         raise ValueError(f"--annotations: two files would write the same output ({', '.join(names)})")
     classes: Dict[str, int] = {}
     extra = {}
-    if args.task == "image_classify":
+    if args.task == "vqa_gen":  # every line's training target is a candidate answer, the most frequent first
+        targets = Counter()
+        for _, records in files:
+            for _, record in records:
+                try:
+                    targets[_scored_answers(record)[0][0]] += 1
+                except (ValueError, TypeError, IndexError):
+                    pass  # the line is reported as invalid when its row is built
+        classes = {answer: index for index, (answer, _) in enumerate(ranked(targets.items()))}
+        extra[ANS2LABEL_NAME] = ans2label_pickle(classes)
+    elif args.task == "image_classify":
         labels = sorted({one_line(r["label"]) for _, records in files for _, r in records
                          if isinstance(r, dict) and "label" in r} - {""})
         classes = {name: index for index, name in enumerate(labels)}

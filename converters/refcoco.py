@@ -4,7 +4,7 @@ One row per referring expression: uniq-id ``<ref_id>_<sent_id>``, image-id, expr
 ``sent``: lowercased, tokenised), the box as ``x0,y0,x1,y1`` (COCO's ``[x, y, w, h]`` of the referred
 annotation, converted to corners, clipped where at most 1 pixel outside the image, scaled with the
 image under ``--max-image-size``) and the image. The refs pickle is read with an unpickler that admits
-plain data only (:mod:`ofa_el.data.plain_pickle`).
+plain data only (:mod:`ofa_el.data.safe_pickle`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Dict, Iterator, List, Sequence
 
-from ..data.plain_pickle import load_plain_pickle
+from ..data.safe_pickle import load_restricted_pickle
 from .entries import (IMAGE, Box, Entry, InvalidEntry, Item, Row, group_by_first_appearance, load_json, one_line,
                       require)
 from .writer import Conversion, OutputFile
@@ -25,7 +25,7 @@ SPLIT_ORDER = ("train", "val", "testA", "testB", "test")
 
 def load_refs(path: str) -> List[dict]:
     """The refs pickle: a list of dicts of plain data; anything that would import a global is refused."""
-    refs = load_plain_pickle(path, f"--refs {path}", "RefCOCO refs file", "lists, dicts, strings and numbers")
+    refs = load_restricted_pickle(path, "--refs", "RefCOCO refs file", holds="lists, dicts, strings and numbers")
     if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
         raise ValueError(f"--refs {path}: expected a list of refs (dicts), got {type(refs).__name__}")
     return refs

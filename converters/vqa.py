@@ -18,7 +18,7 @@ import os
 import pickle
 import re
 from collections import Counter
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import AbstractSet, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 from .entries import (IMAGE, JOIN, Entry, InvalidEntry, Item, Row, format_number, group_by_first_appearance, load_json,
                       one_line, require)
@@ -31,16 +31,22 @@ CONFIDENCE_SEPARATOR = "|!+"
 ANS2LABEL_NAME = "trainval_ans2label.pkl"
 
 
-def soft_scores(answers: Sequence[str]) -> List[Tuple[str, float]]:
+def soft_scores(answers: Sequence[str], candidates: AbstractSet[str] = frozenset()) -> List[Tuple[str, float]]:
     """``(answer, VQA accuracy)`` of every distinct answer among the annotators' ``answers``, best first
-    (ties by answer text); the leave-one-out form of the module docstring."""
+    (the leave-one-out form of the module docstring); among equal scores the ``candidates`` come first, then
+    by answer text, so that the training target (the first best answer) is a candidate whenever it can be."""
     counts = Counter(answers)
     n = len(answers)
 
     def accuracy(count: int) -> float:
         return (count * min(1.0, (count - 1) / 3) + (n - count) * min(1.0, count / 3)) / n
 
-    return sorted(((answer, accuracy(count)) for answer, count in counts.items()), key=lambda item: (-item[1], item[0]))
+    return ranked(((answer, accuracy(count)) for answer, count in counts.items()), candidates)
+
+
+def ranked(scored: Iterable[Tuple[str, float]], candidates: AbstractSet[str] = frozenset()) -> List[Tuple[str, float]]:
+    """``(answer, score)`` pairs best first; ties: candidates first, then by answer text."""
+    return sorted(scored, key=lambda item: (-item[1], item[0] not in candidates, item[0]))
 
 
 def answers_field(scored: Sequence[Tuple[str, float]]) -> str:
@@ -56,11 +62,15 @@ def answers_field(scored: Sequence[Tuple[str, float]]) -> str:
 
 
 def vqa_row(key: str, question_id: str, image_id: str, question: str, scored: Sequence[Tuple[str, float]],
-            tags: str = "") -> Row:
-    """A vqa_gen TSV row; ``ValueError`` for an empty question or unusable answers."""
+            candidates: AbstractSet[str], tags: str = "") -> Row:
+    """A vqa_gen TSV row; ``ValueError`` for an empty question, unusable answers, or a training target (the
+    best answer) outside the ``candidates``, which the task could not train on."""
     question = one_line(question)
     if not question:
         raise ValueError("the question is empty")
+    if scored and scored[0][0] not in candidates:
+        raise ValueError(f"the best answer {scored[0][0]!r} is not one of the {len(candidates)} candidate answers "
+                         f"({ANS2LABEL_NAME})")
     return Row(key, (question_id, image_id, question, answers_field(scored), one_line(tags), IMAGE))
 
 
@@ -80,7 +90,7 @@ def image_path(images_dir: str, subtype: str, image_id: int) -> str:
 
 
 def split_items(path: str, images_dir: str, subtype: str, questions: List[dict],
-                annotations: Dict[int, dict]) -> Iterator[Item]:
+                annotations: Dict[int, dict], candidates: AbstractSet[str]) -> Iterator[Item]:
     """One entry per image, in the order the questions first name it; one row per question."""
     def image_of(question) -> object:
         return question.get("image_id") if isinstance(question, dict) else None
@@ -95,9 +105,9 @@ def split_items(path: str, images_dir: str, subtype: str, questions: List[dict],
                 if annotation is None:
                     raise ValueError("no annotation for this question in --annotations")
                 given = [one_line(a.get("answer", "")) for a in annotation.get("answers") or () if isinstance(a, dict)]
-                scored = soft_scores([a for a in given if a])
+                scored = soft_scores([a for a in given if a], candidates)
                 entry.rows.append(vqa_row(key, str(question["question_id"]), str(image_id), question["question"],
-                                          scored))
+                                          scored, candidates))
             except (ValueError, TypeError, AttributeError) as err:
                 yield InvalidEntry(path, key, str(err))
         if entry.rows:
@@ -119,7 +129,7 @@ def convert(args: argparse.Namespace) -> Conversion:
                          "give one annotation file per question file, in the same order")
     if args.num_answers < 1:
         raise ValueError(f"--num-answers must be positive, got {args.num_answers}")
-    outputs, annotation_sets, names = [], [], set()
+    splits, names = [], set()
     for questions_path, annotations_path in zip(args.questions, args.annotations):
         questions = load_json(questions_path, "--questions")
         require(questions, ("questions",), questions_path)
@@ -129,11 +139,17 @@ def convert(args: argparse.Namespace) -> Conversion:
         if split in names:
             raise ValueError(f"{questions_path}: a second question file for split {split!r}")
         names.add(split)
-        by_question = {a["question_id"]: a for a in annotations["annotations"]
-                       if isinstance(a, dict) and "question_id" in a}
-        annotation_sets.append(annotations["annotations"])
-        outputs.append(OutputFile(f"vqa_{split}.tsv", split_items(questions_path, args.images,
-                                                                  questions["data_subtype"], questions["questions"],
-                                                                  by_question), len(questions["questions"])))
-    labels = ans2label(annotation_sets, args.num_answers)
-    return Conversion(outputs, {ANS2LABEL_NAME: pickle.dumps(labels, protocol=4)})
+        splits.append((split, questions_path, questions, annotations["annotations"]))
+    labels = ans2label([annotations for *_, annotations in splits], args.num_answers)
+    outputs = []
+    for split, questions_path, questions, annotations in splits:
+        by_question = {a["question_id"]: a for a in annotations if isinstance(a, dict) and "question_id" in a}
+        items = split_items(questions_path, args.images, questions["data_subtype"], questions["questions"],
+                            by_question, labels.keys())
+        outputs.append(OutputFile(f"vqa_{split}.tsv", items, len(questions["questions"])))
+    return Conversion(outputs, {ANS2LABEL_NAME: ans2label_pickle(labels)})
+
+
+def ans2label_pickle(labels: Dict[str, int]) -> bytes:
+    """OFA's ``trainval_ans2label.pkl``: the ``{answer: index}`` dict."""
+    return pickle.dumps(labels, protocol=4)

@@ -44,7 +44,6 @@ the structure.
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
 from typing import Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
@@ -53,7 +52,7 @@ import torch
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from .boxes import box_iou, grounding_hits
-from .plain_pickle import load_plain_pickle
+from .safe_pickle import load_restricted_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +132,9 @@ def load_cider_document_frequency(path: str, option: str = "--eval-cider-cached-
     code, as :func:`torch.load` with ``weights_only`` guards checkpoints. ``option`` names the flag
     the path came from in errors (``--scst-cider-cached-tokens`` for caption stage 2).
     """
-    where = f"{option} {path}"
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{option}: file not found: {path}")
-    cached = load_plain_pickle(path, where, "CIDEr table", "dicts, tuples, strings and numbers",
-                               allowed_globals=_CIDER_TABLE_GLOBALS)
-    return _check_cider_table(cached, where)
+    cached = load_restricted_pickle(path, option, "CIDEr table", allowed=_CIDER_TABLE_GLOBALS,
+                                    holds="dicts, tuples, strings and numbers")
+    return _check_cider_table(cached, f"{option} {path}")
 
 
 class DocumentFrequency(dict):

@@ -109,7 +109,7 @@ def vqa_set(root: Path, subtype="train2014", answers_per_question=None):
         questions.append({"image_id": image_id, "question": f"what is  shown {question_id}?",
                           "question_id": question_id})
         annotations.append({"question_id": question_id, "image_id": image_id, "answer_type": "other",
-                            "multiple_choice_answer": max(set(answers), key=answers.count),
+                            "multiple_choice_answer": max(sorted(set(answers)), key=answers.count),
                             "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
                                         for k, a in enumerate(answers)]})
         write_image(root / "images" / subtype / f"COCO_{subtype}_{image_id:012d}.jpg", seed=image_id)
@@ -397,7 +397,7 @@ def test_vqa_columns_answers_and_ans2label(tmp_path):
     questions, annotations, images = vqa_set(tmp_path)
     out = tmp_path / "out"
     convert("vqa", "--questions", questions, "--annotations", annotations, "--images", images, "--out", out,
-            "--num-answers", "3")
+            "--num-answers", "4")
     table = rows(out / "vqa_train.tsv")
     assert [r[:3] for r in table] == [["1", "20", "what is shown 1?"], ["2", "20", "what is shown 2?"],
                                       ["3", "21", "what is shown 3?"], ["4", "21", "what is shown 4?"]]
@@ -405,7 +405,25 @@ def test_vqa_columns_answers_and_ans2label(tmp_path):
     assert table[1][3] == "1|!+4&&0.9|!+2&&0.6|!+two&&0.3|!+3"
     assert all(r[4] == "" and decoded(r[5]).size == (40, 30) for r in table)
     labels = pickle.loads((out / "trainval_ans2label.pkl").read_bytes())
-    assert list(labels.items()) == [("4", 0), ("blue", 1), ("dog", 2)]  # 1 each, ties by text
+    assert list(labels.items()) == [("4", 0), ("blue", 1), ("dog", 2), ("yes", 3)]  # 1 each, ties by text
+
+
+def test_vqa_target_outside_the_candidates_is_invalid_and_ties_prefer_candidates(tmp_path):
+    """The task trains on the best answer, which must be a candidate; among equally good answers a candidate
+    comes first."""
+    questions, annotations, images = vqa_set(tmp_path, answers_per_question={
+        1: ["yes"] * 10, 2: ["zebra"] * 5 + ["horse"] * 5, 3: ["yes"] * 6 + ["no"] * 4, 4: ["rare"] * 10})
+    out = tmp_path / "out"
+    # multiple-choice answers yes (2 questions), horse, rare: the 2 most frequent are yes and horse
+    args = ["vqa", "--questions", questions, "--annotations", annotations, "--images", images, "--out", out,
+            "--num-answers", "2"]
+    reason = "question 4: the best answer 'rare' is not one of the 2 candidate answers (trainval_ans2label.pkl)"
+    with pytest.raises(ValueError, match="^" + re.escape(f"{questions}: {reason}") + "$"):
+        convert(*args)
+    (summary,) = convert(*args, "--skip-invalid")
+    assert summary.rows == 3 and summary.skipped_entries == 1
+    assert [r[3] for r in rows(out / "vqa_train.tsv")] == ["1|!+yes", "1|!+horse&&1|!+zebra", "1|!+yes&&1|!+no"]
+    assert list(pickle.loads((out / "trainval_ans2label.pkl").read_bytes())) == ["yes", "horse"]
 
 
 def test_vqa_question_without_answers_is_invalid(tmp_path):
@@ -464,6 +482,8 @@ def test_jsonl_writes_each_task_layout(tmp_path):
         convert("jsonl", "--task", task, "--annotations", path, "--images", tmp_path / "pics", "--out", tmp_path / "o")
         (row,) = rows(tmp_path / "o" / f"{task}_val.tsv")
         assert [None if value.startswith("/9j/") else value for value in row] == expected[task]
+    assert list(pickle.loads((tmp_path / "o" / "trainval_ans2label.pkl").read_bytes())) == ["2"]  # the targets
+    assert list(pickle.loads((tmp_path / "o" / "class2label_new.pkl").read_bytes())) == ["tabby cat"]
 
 
 # ----------------------------------------------------------------------------------------------------- check + train
