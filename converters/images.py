@@ -72,13 +72,13 @@ class ImageEncoder:
                             new_height / height, len(data), len(written))
 
     def _reencode(self, image: Image.Image) -> Tuple[bytes, Tuple[int, int]]:
+        image = image.convert("RGB")  # what OFA's readers convert to; JPEG holds no alpha or palette
         width, height = image.size
         if self.max_image_size is not None and max(width, height) > self.max_image_size:
             ratio = self.max_image_size / max(width, height)
-            size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-            image = image.convert("RGB").resize(size, Image.BICUBIC)
+            image = image.resize((max(1, round(width * ratio)), max(1, round(height * ratio))), Image.BICUBIC)
         buffer = io.BytesIO()
         quality = DEFAULT_JPEG_QUALITY if self.jpeg_quality is None else self.jpeg_quality
-        image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+        image.save(buffer, format="JPEG", quality=quality)
         return buffer.getvalue(), image.size
 

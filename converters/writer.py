@@ -226,6 +226,7 @@ def write_tsv(output: OutputFile, out_dir: str, encoder: ImageEncoder, pool, wor
         for item, image in encoded_in_order(output.items, encoder, pool, workers):
             if isinstance(item, InvalidEntry):
                 policy.reject(item, summary, rows=1)
+                bar.update(1)
                 continue
             if isinstance(image, str):
                 policy.reject(InvalidEntry(item.source, item.key, image), summary, rows=len(item.rows))

@@ -192,7 +192,7 @@ def convert(*argv):
 
 def check(task, *files, extra=()):
     """check_data's exit status over the files (0: every row usable)."""
-    return check_data.main(["--task", task, *map(str, files), *extra])
+    return check_data.main(["--task", task, *map(str, files), *map(str, extra)])
 
 
 def box(field):
@@ -359,6 +359,37 @@ def test_rows_keep_the_annotation_order_with_two_workers(tmp_path):
     for name in ("caption_stage1_train.tsv", "caption_val.tsv"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
         assert [r[:3] for r in rows(tmp_path / "one" / name)] == [r[:3] for r in rows(tmp_path / "two" / name)]
+
+
+def test_images_are_encoded_only_a_few_chunks_ahead_of_the_writer(tmp_path):
+    """Memory stays flat: however many entries, at most CHUNKS_IN_FLIGHT_PER_WORKER chunks per worker are being
+    encoded or waiting for the writer; results come back in the entries' order, rejected entries in place."""
+    from ofa_el.converters import writer
+    from ofa_el.converters.entries import Entry, InvalidEntry
+    from ofa_el.converters.images import ImageEncoder
+
+    class CountingPool:
+        def __init__(self):
+            self.outstanding = self.most = 0
+
+        def apply_async(self, function, args):
+            self.outstanding += 1
+            self.most = max(self.most, self.outstanding)
+            pool = self
+
+            class Result:
+                def get(self):
+                    pool.outstanding -= 1
+                    return [f"reason {path}" for path in args[0]]  # what encode_images returns for a bad image
+            return Result()
+
+    items = [Entry("in", f"e{k}", f"img{k}") if k % 7 else InvalidEntry("in", f"e{k}", "bad") for k in range(500)]
+    pool = CountingPool()
+    seen = list(writer.encoded_in_order(iter(items), ImageEncoder(), pool, workers=2))
+    assert pool.most == writer.CHUNKS_IN_FLIGHT_PER_WORKER * 2 and pool.outstanding == 0
+    assert [item for item, _ in seen] == items
+    assert all(image == (None if isinstance(item, InvalidEntry) else f"reason {item.image_path}")
+               for item, image in seen)
 
 
 def test_a_killed_run_leaves_no_file_under_the_final_name(tmp_path):
@@ -532,7 +563,7 @@ def test_vqa_output_passes_check_data_and_trains(tmp_path):
     out = tmp_path / "out"
     convert("vqa", "--questions", questions, "--annotations", annotations, "--images", images, "--out", out)
     tsv, ans2label = out / "vqa_train.tsv", out / "trainval_ans2label.pkl"
-    assert check("vqa_gen", tsv) == 0
+    assert check("vqa_gen", tsv, extra=("--ans2label-file", ans2label)) == 0
     train_two_updates([tsv, tsv], "vqa_gen", make_bpe(tmp_path / "bpe", [tsv], [2]), "0,5,2,3,4",
                       "--ans2label-file", ans2label)
 
@@ -553,6 +584,6 @@ def test_imagenet_output_passes_check_data_and_trains(tmp_path):
     out = tmp_path / "out"
     convert("imagenet", "--images", images, "--synsets", synsets, "--out", out)
     train, val = out / "imagenet_1k_train.tsv", out / "imagenet_1k_val.tsv"
-    assert check("image_classify", train, val) == 0
+    assert check("image_classify", train, val, extra=("--ans2label-file", out / "class2label_new.pkl")) == 0
     train_two_updates([train, val], "image_classify", make_bpe(tmp_path / "bpe", [train], [2]), "0,2",
                       "--ans2label-file", out / "class2label_new.pkl")

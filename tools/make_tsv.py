@@ -138,8 +138,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[FileSummary]:
     quiet_logs()
     args = parse_args(argv)
     encoder = ImageEncoder(args.max_image_size, args.jpeg_quality)
-    if not os.path.isdir(args.images if getattr(args, "images", None) else "."):
-        raise FileNotFoundError(f"--images: folder not found: {args.images}")
+    images = getattr(args, "images", None)
+    if images is not None and not os.path.isdir(images):
+        raise FileNotFoundError(f"--images: folder not found: {images}")
     started = time.perf_counter()
     conversion = FORMATS[args.format].convert(args)
     summaries, skipped = write_tsv_files(conversion.outputs, args.out, encoder, args.workers, args.skip_invalid,
