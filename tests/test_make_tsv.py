@@ -71,7 +71,7 @@ def coco_caption_set(root: Path):
 
 #: refcoco boxes [x, y, w, h] on 64x48 images: inside, touching the border, 0.5 px outside (clipped).
 REFCOCO_BOXES = {1: [2.5, 3.25, 20.0, 10.5], 2: [40.0, 20.0, 24.0, 28.0], 3: [10.0, 0.0, 54.5, 30.0],
-                 4: [0.0, 1.125, 30.0, 20.0], 5: [5.0, 6.0, 7.0, 8.0]}
+                 4: [0.0, 1.125, 30.0, 20.0], 5: [5.123456789, 6.987654321, 7.3333333, 8.0]}
 
 
 def refcoco_set(root: Path, protocol=2):
