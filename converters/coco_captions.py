@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections import OrderedDict
-from typing import Dict, Iterator, List, Sequence, Tuple
+from functools import partial
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from ..data.text import clean_train_caption
 from .entries import IMAGE, Entry, InvalidEntry, Item, Row, join_fields, load_json, one_line, require
@@ -40,33 +40,43 @@ def caption_row(key: str, uniq_id: str, image_id: str, captions: List[str]) -> R
     return Row(key, (uniq_id, image_id, join_fields(captions, "caption"), "", IMAGE))
 
 
+#: What a format reads from one image record: ``(image file, image id, [(caption id, checked caption), ...])``.
+ImageCaptions = Tuple[str, str, List[Tuple[str, str]]]
+
+
+def caption_items(path: str, records: Sequence[Any], id_key: str, read: Callable[[Any], ImageCaptions],
+                  per_caption: bool) -> Iterator[Item]:
+    """One entry per image record, with one row per caption (``per_caption``) or one row of all its captions;
+    a record ``read`` cannot use (``ValueError``, or malformed) is an invalid entry."""
+    for number, record in enumerate(records):
+        key = f"image {record.get(id_key, number) if isinstance(record, dict) else number}"
+        try:
+            image_path, image_id, captions = read(record)
+            if not captions:
+                raise ValueError("no captions for this image")
+        except (ValueError, TypeError, AttributeError) as err:
+            yield InvalidEntry(path, key, str(err))
+            continue
+        if per_caption:
+            rows = [caption_row(f"{key} caption {caption_id}", caption_id, image_id, [text])
+                    for caption_id, text in captions]
+        else:
+            rows = [caption_row(key, image_id, image_id, [text for _, text in captions])]
+        yield Entry(path, key, image_path, rows)
+
+
 def karpathy_caption(sentence: dict) -> str:
     tokens = sentence.get("tokens")
     return " ".join(tokens) if isinstance(tokens, list) and tokens else str(sentence.get("raw", ""))
 
 
-def karpathy_items(path: str, images_dir: str, records: List[dict], per_caption: bool) -> Iterator[Item]:
-    """Entries of one output file: the image, and one row per caption or one row of all its captions."""
-    for number, record in enumerate(records):
-        key = f"image {record.get('cocoid', number) if isinstance(record, dict) else number}"
-        try:
-            require(record, ("filepath", "filename", "cocoid", "sentences"))
-            captions = [checked_caption(karpathy_caption(s), f"caption {k + 1}")
-                        for k, s in enumerate(record["sentences"])]
-            if not captions:
-                raise ValueError("no captions")
-        except (ValueError, TypeError, AttributeError) as err:
-            yield InvalidEntry(path, key, str(err))
-            continue
-        image_id = str(record["cocoid"])
-        entry = Entry(path, key, os.path.join(images_dir, record["filepath"], record["filename"]))
-        if per_caption:
-            for sentence, caption in zip(record["sentences"], captions):
-                sentid = str(sentence.get("sentid", f"{image_id}_{len(entry.rows)}"))
-                entry.rows.append(caption_row(f"{key} sentence {sentid}", sentid, image_id, [caption]))
-        else:
-            entry.rows.append(caption_row(key, image_id, image_id, captions))
-        yield entry
+def read_karpathy(images_dir: str, record: dict) -> ImageCaptions:
+    """An image of Karpathy's JSON; caption ids are its ``sentid``s."""
+    require(record, ("filepath", "filename", "cocoid", "sentences"))
+    image_id = str(record["cocoid"])
+    captions = [(str(s.get("sentid", f"{image_id}_{k + 1}")), checked_caption(karpathy_caption(s), f"caption {k + 1}"))
+                for k, s in enumerate(record["sentences"])]
+    return os.path.join(images_dir, record["filepath"], record["filename"]), image_id, captions
 
 
 def karpathy(args: argparse.Namespace) -> Conversion:
@@ -85,31 +95,18 @@ def karpathy(args: argparse.Namespace) -> Conversion:
         if not records:
             continue
         rows = len(records) if joined else sum(len(r.get("sentences") or ()) for r in records)
-        outputs.append(OutputFile(name, karpathy_items(args.annotations, args.images, records, not joined), rows))
+        items = caption_items(args.annotations, records, "cocoid", partial(read_karpathy, args.images), not joined)
+        outputs.append(OutputFile(name, items, rows))
     return Conversion(outputs)
 
 
-def coco_caption_items(path: str, images_dir: str, images: List[dict], captions: Dict[int, List[str]],
-                       per_caption: bool) -> Iterator[Item]:
-    for number, image in enumerate(images):
-        key = f"image {image.get('id', number) if isinstance(image, dict) else number}"
-        try:
-            require(image, ("id", "file_name"))
-            texts = [checked_caption(text.lower(), f"caption {k + 1}") for k, text in
-                     enumerate(captions.get(image["id"], []))]
-            if not texts:
-                raise ValueError("no captions for this image")
-        except (ValueError, TypeError, AttributeError) as err:
-            yield InvalidEntry(path, key, str(err))
-            continue
-        image_id = str(image["id"])
-        entry = Entry(path, key, os.path.join(images_dir, image["file_name"]))
-        if per_caption:
-            entry.rows = [caption_row(f"{key} caption {k + 1}", f"{image_id}_{k + 1}", image_id, [text])
-                          for k, text in enumerate(texts)]
-        else:
-            entry.rows = [caption_row(key, image_id, image_id, texts)]
-        yield entry
+def read_coco(images_dir: str, captions: Dict[Any, List[str]], image: dict) -> ImageCaptions:
+    """An image of a COCO caption file with its captions; caption ids are ``<image id>_<k>``."""
+    require(image, ("id", "file_name"))
+    image_id = str(image["id"])
+    texts = [(f"{image_id}_{k + 1}", checked_caption(text.lower(), f"caption {k + 1}"))
+             for k, text in enumerate(captions.get(image["id"], []))]
+    return os.path.join(images_dir, image["file_name"]), image_id, texts
 
 
 def coco_output_name(annotations: str, per_caption: bool) -> str:
@@ -121,7 +118,7 @@ def coco_output_name(annotations: str, per_caption: bool) -> str:
 def coco(args: argparse.Namespace) -> Conversion:
     data = load_json(args.annotations, "--annotations")
     require(data, ("images", "annotations"), args.annotations)
-    captions: Dict[int, List[str]] = OrderedDict()
+    captions: Dict[int, List[str]] = {}
     for number, annotation in enumerate(data["annotations"]):
         if not (isinstance(annotation, dict) and "image_id" in annotation
                 and isinstance(annotation.get("caption"), str)):
@@ -131,5 +128,5 @@ def coco(args: argparse.Namespace) -> Conversion:
     rows = (sum(len(captions.get(i.get("id"), ())) for i in images if isinstance(i, dict)) if args.per_caption
             else len(images))
     name = coco_output_name(args.annotations, args.per_caption)
-    return Conversion([OutputFile(name, coco_caption_items(args.annotations, args.images, images, captions,
-                                                             args.per_caption), rows)])
+    items = caption_items(args.annotations, images, "id", partial(read_coco, args.images, captions), args.per_caption)
+    return Conversion([OutputFile(name, items, rows)])
