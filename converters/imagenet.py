@@ -126,7 +126,7 @@ def convert(args: argparse.Namespace) -> Conversion:
     synsets = read_synsets(args.synsets)
     wnids = {wnid: index for index, (wnid, _) in enumerate(synsets)}
     names = class_names(synsets)
-    outputs = []
+    outputs, flat_splits = [], 0
     for split in [s for s in args.splits.split(",") if s]:
         split_dir = os.path.join(args.images, split)
         if not os.path.isdir(split_dir):
@@ -136,4 +136,8 @@ def convert(args: argparse.Namespace) -> Conversion:
         source = split_dir if has_folders else args.annotations
         outputs.append(OutputFile(f"imagenet_1k_{split}.tsv", split_items(source, split_dir, images, wnids, names),
                                   len(images)))
+        flat_splits += not has_folders
+    if args.annotations and not flat_splits:
+        raise ValueError(f"--annotations {args.annotations}: labels a flat folder, but every split of --splits "
+                         f"{args.splits} has class folders")
     return Conversion(outputs, {CLASS_LIST_NAME: class_list_pickle(names)})

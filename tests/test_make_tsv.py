@@ -490,6 +490,9 @@ def test_imagenet_folders_to_rows_and_class_list(tmp_path, flat_val):
     val = rows(out / "imagenet_1k_val.tsv")
     assert [(r[1], r[2]) for r in val] == [(str(i + 1), n) for i, n in enumerate(names)]
     assert decoded(val[0][0]).size == (40, 30) and len(SYNSETS) == 5
+    if not flat_val:  # a label file with nothing to label is a mistake, not an option to ignore
+        with pytest.raises(ValueError, match="labels a flat folder, but every split of --splits train,val has class"):
+            convert("imagenet", "--images", images, "--synsets", synsets, "--out", out, "--annotations", solution)
 
 
 def test_jsonl_writes_each_task_layout(tmp_path):
