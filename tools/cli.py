@@ -54,7 +54,7 @@ def run_module(module: str, argv: List[str]) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage())
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else EXIT_USER_ERROR
     name, rest = argv[0], argv[1:]
     if name in RECIPE_COMMANDS:

@@ -178,7 +178,7 @@ def _shown(value: Any) -> str:
 def check_resume(argv: List[str], processes: int) -> None:
     """Stop when the save dir's ``checkpoint_last.pt`` was trained with other hyper-parameters than ``argv``."""
     last = os.path.join(flag_value(argv, "--save-dir") or "checkpoints", DEFAULT_RESTORE)
-    check_checkpoint_file(last, "--save-dir's")
+    check_checkpoint_file(last, "--save-dir holds")
     differences = config_differences(stored_training_config(last), training_config(argv), processes)
     if differences:
         listed = "; ".join(f"{flag} {_shown(old)} -> {_shown(new)}" for flag, old, new in differences)
