@@ -1,6 +1,7 @@
 """The ``ofa-el`` command: its tools, ``recipes``, ``cp``, ``launch --print-config``, recipe names, the packaged
 ofa_base recipes, and the same commands from a fresh ``pip install .``."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,8 +154,11 @@ def test_a_fresh_pip_install_has_the_command_the_recipes_and_the_run_scripts(tmp
     site = next((venv / "lib").glob("python*/site-packages"))
     here = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "fairseq").is_dir())
     (site / "test_venv_packages.pth").write_text(here + "\n")
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
+    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "demo", "*.egg-info",
+                                                                     "__pycache__", ".pytest_cache"))
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", str(REPO_ROOT)], check=True, cwd=tmp_path, timeout=600)
+                    "--disable-pip-version-check", str(source)], check=True, cwd=tmp_path, timeout=600)
     installed = site / "ofa_el"
     assert (installed / "run_scripts" / "refcoco" / "train_refcocoplus_el.sh").is_file()
     assert (installed / "configs" / "refcoco" / "refcocoplus_base_el.yaml").is_file()
