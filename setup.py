@@ -25,7 +25,9 @@ setup(
     python_requires=">=3.8",
     packages=["ofa_el"] + [f"ofa_el.{name}" for name in SUBPACKAGES],
     package_dir={"ofa_el": "."},
-    package_data={"ofa_el": ["configs/*.yaml", "configs/*/*.yaml"]},
+    # the recipes and the run scripts that launch them travel with the package (`ofa-el recipes` lists both)
+    package_data={"ofa_el": ["configs/*.yaml", "configs/*/*.yaml", "run_scripts/*.sh", "run_scripts/*/*.sh"]},
+    entry_points={"console_scripts": ["ofa-el = ofa_el.tools.cli:entry_point"]},
     install_requires=[
         # torch is deliberately unpinned: users bring the build that matches their CUDA.
         "torch>=1.10",

@@ -20,7 +20,8 @@ run goes on; the exit status is 1 if any part failed). The JSON (--out) is rewri
 * nccl: with two or more GPUs, a two-process NCCL all-reduce and one DistributedDataParallel step.
 
 --smoke uses the recipes' demo blocks (ofa_tiny at 64 px), small logits, 3 steps and 4 items per task, on CPU
-in float32; the JSON has the same keys, with "smoke": true and "device": "cpu".
+in float32; the JSON has the same keys, with "smoke": true and "device": "cpu", and goes to the temp folder
+(ofa_el_gpu_check_smoke.json) unless --out says where: results/gpu_check.json is for GPU runs only.
 """
 from __future__ import annotations
 
@@ -572,11 +573,17 @@ def run(check: Check, parts: Sequence[str], out: Path, fail_part: Optional[str])
     return 1 if report["failed_parts"] else 0
 
 
+#: Where a GPU run's report belongs, and where a smoke run's goes instead (the CPU numbers are no GPU results).
+GPU_REPORT = REPO_ROOT / "results" / "gpu_check.json"
+SMOKE_REPORT = Path(tempfile.gettempdir()) / "ofa_el_gpu_check_smoke.json"
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="run every part on CPU at toy sizes (under a minute)")
-    parser.add_argument("--out", default=str(REPO_ROOT / "results" / "gpu_check.json"),
-                        help="the JSON report (default: results/gpu_check.json)")
+    parser.add_argument("--out", default=None,
+                        help=f"the JSON report (default: {GPU_REPORT.relative_to(REPO_ROOT)}; with --smoke "
+                             f"{SMOKE_REPORT}, so a smoke run never replaces a GPU run's results)")
     parser.add_argument("--data-dir", default=str(REPO_ROOT / "demo" / "data"),
                         help="the demo data (written there if missing)")
     parser.add_argument("--bpe-dir", default=None,
@@ -592,7 +599,7 @@ def prepare(args: argparse.Namespace) -> Tuple[Path, Optional[Path]]:
     if not args.smoke and not torch.cuda.is_available():
         raise UserError(f"no CUDA device visible to torch {torch.__version__} (built for CUDA {torch.version.cuda}); "
                         f"use --smoke to run the same code on CPU")
-    out = Path(args.out)
+    out = Path(args.out) if args.out else (SMOKE_REPORT if args.smoke else GPU_REPORT)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -14,11 +14,13 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..tools.errors import UserError
+
 #: Bytes scanned per read while indexing; large enough for multi-GB files to index quickly.
 _SCAN_CHUNK = 1 << 24
 
 
-class InvalidRowError(ValueError):
+class InvalidRowError(UserError, ValueError):
     """A row of a data file that cannot be turned into a sample; ``row`` is the 1-based line number."""
 
     def __init__(self, path: str, row: int, reason: str):

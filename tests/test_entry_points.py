@@ -48,7 +48,50 @@ TINY = ["--task", "caption", "--arch", "ofa_tiny", "--encoder-layers", "1", "--d
 def test_train_with_a_missing_bpe_dir(data, tmp_path):
     tsv = f"{data}/caption_stage1_train.tsv,{data}/caption_val.tsv"
     proc = run("ofa_el.tools.train", tsv, "--bpe-dir", str(tmp_path / "nowhere"), *TINY)
-    assert_user_error(proc, str(tmp_path / "nowhere"))
+    assert_user_error(proc, f"--bpe-dir {tmp_path / 'nowhere'}: no such folder")
+    assert len(proc.stdout + proc.stderr) < 1000, proc.stdout  # the error, not after pages of config
+
+
+def test_train_with_missing_data_stops_before_the_model_is_built(data, tmp_path):
+    proc = run("ofa_el.tools.train", "/nowhere/train.tsv,/nowhere/val.tsv", "--bpe-dir", str(data / "bpe"), *TINY)
+    assert_user_error(proc, "data file not found: /nowhere/train.tsv")
+    assert "OFAModel" not in proc.stdout + proc.stderr and len(proc.stdout + proc.stderr) < 1000
+
+
+def test_train_without_arguments_says_what_to_give():
+    proc = run("ofa_el.tools.train")
+    assert_user_error(proc, "no arguments: python -m ofa_el.tools.train TRAIN.tsv,VALID.tsv", "ofa-el launch")
+    assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("drop,keep,expected", [
+    ("--batch-size", 2, "--batch-size: required"),
+    ("--arch", 2, "--arch: required"),
+    ("--task", 2, "--task: required"),
+])
+def test_train_without_a_required_flag(data, drop, keep, expected):
+    at = TINY.index(drop)
+    argv = TINY[:at] + TINY[at + keep:]
+    proc = run("ofa_el.tools.train", f"{data}/caption_stage1_train.tsv,{data}/caption_val.tsv", "--bpe-dir",
+               str(data / "bpe"), *argv)
+    assert_user_error(proc, expected)
+
+
+def test_train_with_an_unknown_arch_lists_the_plugins(data):
+    at = TINY.index("--arch")
+    argv = TINY[:at] + ["--arch", "ofa_bse"] + TINY[at + 2:]
+    proc = run("ofa_el.tools.train", f"{data}/caption_val.tsv,{data}/caption_val.tsv", *argv)
+    assert_user_error(proc, "--arch ofa_bse: unknown (did you mean ofa_base", "ofa_large", "ofa_tiny")
+
+
+@pytest.mark.parametrize("content,reason", [(b"", "empty file (0 bytes)"),
+                                            (b"a text file\n", "not a PyTorch checkpoint")])
+def test_evaluate_on_a_file_that_is_no_checkpoint(data, tmp_path, content, reason):
+    bad = tmp_path / "checkpoint_best.pt"
+    bad.write_bytes(content)
+    proc = run("ofa_el.tools.evaluate", str(data / "caption_test.tsv"), "--path", str(bad), "--bpe-dir",
+               str(data / "bpe"))
+    assert_user_error(proc, f"--path {bad}: {reason}")
 
 
 def test_train_stops_at_a_bad_row_with_file_and_row(data, tmp_path):
@@ -116,3 +159,16 @@ def test_run_cli_exits_2_for_user_errors_and_reraises_bugs(capsys, monkeypatch):
     monkeypatch.setenv("OFA_EL_TRACEBACK", "1")
     with pytest.raises(errors.UserError):
         errors.run_cli(lambda: raise_here(errors.UserError("shown with its traceback")))
+
+
+def test_user_errors_are_a_typed_family():
+    from ofa_el.data.tsv import InvalidRowError
+    from ofa_el.tools.launch import RecipeError
+    from ofa_el.tools.train import MissingRestoreFileError
+
+    for kind in (RecipeError, InvalidRowError, errors.OptionError, errors.MissingFileError, MissingRestoreFileError):
+        assert issubclass(kind, errors.UserError), kind
+    row = InvalidRowError("f.tsv", 3, "image column: invalid base64")
+    assert errors.is_user_error(row) and str(row) == "f.tsv: row 3: image column: invalid base64"
+    assert isinstance(row, ValueError) and isinstance(RecipeError("x"), ValueError)  # callers catching ValueError
+    assert not errors.is_user_error(ValueError("raised by no plugin code"))

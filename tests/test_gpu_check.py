@@ -5,7 +5,9 @@ import math
 import platform
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +169,21 @@ def test_two_process_check_over_gloo(subprocess_env):
     assert result["allreduce_correct"] is True and result["allreduce_bytes"] == 4 << 16
     assert result["ddp_max_grad_error"] < 1e-6  # DDP's gradient is the mean of the two ranks' gradients
     assert result["ddp_max_param_difference"] == 0.0 and positive(result["bus_bandwidth_gb_s"])
+
+
+def test_a_smoke_run_never_writes_the_gpu_report(monkeypatch, tmp_path):
+    """results/gpu_check.json is where a GPU run's results belong: --smoke writes to the temp folder or --out."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run as a script: its sibling criterion_bench
+    spec = importlib.util.spec_from_file_location("gpu_check_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look their module up there
+    spec.loader.exec_module(script)
+    gpu_report = REPO_ROOT / "results" / "gpu_check.json"
+    smoke_out, _ = script.prepare(script.parse_args(["--smoke"]))
+    assert smoke_out != gpu_report and smoke_out.parent == Path(tempfile.gettempdir())
+    given, _ = script.prepare(script.parse_args(["--smoke", "--out", str(tmp_path / "x" / "smoke.json")]))
+    assert given == tmp_path / "x" / "smoke.json"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert script.prepare(script.parse_args([]))[0] == gpu_report

@@ -45,8 +45,28 @@ def test_torchrun_layout(recipes):
     for expected in ("--nnodes=2", "--node_rank=1", "--nproc_per_node=4", "--master_addr=10.0.0.1",
                      "--master_port=6000"):
         assert expected in cmd
-    gpus = command(load_recipe(recipes / "el.yaml"), {"CUDA_VISIBLE_DEVICES": "0,1,2"}, [])
+    gpus = command(load_recipe(recipes / "el.yaml"), {}, [], gpus=3)
     assert "--nproc_per_node=3" in gpus
+
+
+def test_every_visible_gpu_by_default(recipes, monkeypatch, capsys):
+    """torch.cuda.device_count() (which honours CUDA_VISIBLE_DEVICES) processes; one with --cpu or in the demo."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 8)
+    monkeypatch.delenv("NPROC_PER_NODE", raising=False)
+    monkeypatch.delenv("DEMO", raising=False)
+    recipe = load_recipe(recipes / "el.yaml")
+    assert "--nproc_per_node=8" in command(recipe, {}, [])
+    assert "--nproc_per_node=2" in command(recipe, {"NPROC_PER_NODE": "2"}, [])
+    assert command(recipe, {}, ["--cpu"])[1:3] == ["-m", "ofa_el.tools.train"]
+    assert command(dict(recipe, args=dict(recipe["args"], cpu=True)), {}, [])[1:3] == ["-m", "ofa_el.tools.train"]
+    assert main([str(recipes / "el.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "processes: 8, one per visible GPU (8;" in out and "global batch: 8 process(es)" in out
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main([str(recipes / "el.yaml"), "--dry-run", "--cpu"]) == 0
+    assert "processes: 1, no GPU in use" in capsys.readouterr().out
 
 
 def test_errors_name_the_file_and_problem(recipes, tmp_path, capsys):

@@ -5,6 +5,12 @@ what and where: the entry points print ``error: <message>`` and exit with status
 Python traceback. Anything else is a bug and keeps its traceback. ``OFA_EL_TRACEBACK=1`` shows
 the traceback of user errors too.
 
+The rule is typed: :class:`UserError` and its family (:class:`OptionError`, :class:`MissingFileError`,
+``launch.RecipeError``, ``data.tsv.InvalidRowError``), and the OS's "no such file" family. The option
+checks of the criteria, tasks and models raise plain ``ValueError`` with the flag in the message; those
+count as the user's only when the plugin raised them itself (its innermost frame is plugin code), so a
+``ValueError`` from torch, fairseq or the standard library, or from a bug, keeps its traceback.
+
 Importing fairseq leaves the root logger at DEBUG, so every PNG chunk PIL reads and hydra's
 start-up would be logged; :func:`quiet_logs` keeps INFO for everyone else.
 """
@@ -24,6 +30,14 @@ T = TypeVar("T")
 
 class UserError(Exception):
     """Raised by entry points for a problem the user fixes (its message says what and where)."""
+
+
+class OptionError(UserError, ValueError):
+    """A command-line option that is missing or has a value that cannot work; the message names the flag."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the command needs is not there; the message names it and how to point at it."""
 
 
 def _raised_by_plugin(err: BaseException) -> bool:

@@ -29,6 +29,7 @@ import torch
 
 from .. import claim_folder_name
 from .errors import UserError, quiet_logs, run_cli
+from .preflight import check_bpe_dir, check_checkpoint_file
 
 logger = logging.getLogger("ofa_el.evaluate")
 BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
@@ -213,6 +214,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     for path in paths + [args.path]:
         if not os.path.isfile(path):
             raise UserError(f"file not found: {path}")
+    check_checkpoint_file(args.path, "--path")  # an empty or text file: one line, not torch's traceback
+    check_bpe_dir(args.bpe_dir)
     model, cfg, task, use_cuda = load(args)
     evaluators = {"caption": evaluate_caption, "refcoco": evaluate_refcoco}
     if cfg.task._name not in evaluators:

@@ -28,10 +28,21 @@ clone (which holds setup.py), and against the current directory when ``ofa_el`` 
 
 With ``global_batch_size``, ``--update-freq`` is derived from the number of processes so that
 every update sees the recipe's number of samples, unless ``--update-freq`` is passed.
+
+A training run starts one process per visible GPU (``torch.cuda.device_count()``, which honours
+``CUDA_VISIBLE_DEVICES``), one on a CPU or with ``--cpu``; ``NPROC_PER_NODE`` sets the count. Before
+any process starts, the data files, the BPE folder, the restore file and the save dir are checked, and
+a save dir whose ``checkpoint_last.pt`` was trained with other hyper-parameters stops the launch
+(``--resume`` continues it anyway). ``--dry-run`` and ``--print-config`` only print, without checks.
+
+A recipe is a path, or a name under the plugin's configs/ (``refcoco/refcocoplus_el``, or just
+``refcocoplus_el`` where the name is unique); ``ofa-el recipes`` lists them. ``extends:`` is looked up
+next to the recipe, then among the packaged recipes, so a copied recipe still runs.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import shlex
@@ -42,7 +53,8 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
-from .errors import run_cli
+from .errors import UserError, run_cli
+from .preflight import check_launch
 from .train import flag_given, flag_value
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,17 +72,63 @@ def default_base() -> Path:
     return REPO_ROOT if (REPO_ROOT / "setup.py").is_file() else Path.cwd()
 
 
-def recipe_path(path: Path) -> Path:
-    """A recipe file as given, else the same name under the plugin's configs/ (``caption/stage1_el.yaml``)."""
-    path = Path(path)
-    if path.is_file() or path.is_absolute():
-        return path
-    packaged = CONFIGS / path
-    return packaged if packaged.is_file() else path
-
-
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe file that cannot be used; the message names the file and the problem."""
+
+
+def is_recipe(path: Path) -> bool:
+    """A launcher recipe (not, e.g., a fairseq-hydra config that lives under configs/ too)."""
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(recipe, dict) and bool({"entry", "extends"} & set(recipe)) and set(recipe) <= RECIPE_KEYS
+
+
+def available_recipes() -> Dict[str, Path]:
+    """Every packaged recipe by name (``refcoco/refcocoplus_el``), sorted."""
+    return {str(path.relative_to(CONFIGS).with_suffix("")): path
+            for path in sorted(CONFIGS.glob("*/*.yaml")) if is_recipe(path)}
+
+
+def recipe_path(path: Path) -> Path:
+    """A recipe file as given, else a packaged recipe of that name (``caption/stage1_el``, ``stage1_el.yaml``,
+    ``refcocoplus_el`` when only one folder has it). An unknown name lists the close matches and where it looked."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    name = str(path)[:-len(".yaml")] if str(path).endswith(".yaml") else str(path)
+    recipes = available_recipes()
+    if not path.is_absolute():
+        if name in recipes:
+            return recipes[name]
+        same_stem = [full for full in recipes if full.split("/")[-1] == name]
+        if len(same_stem) == 1:
+            return recipes[same_stem[0]]
+        if same_stem:
+            raise RecipeError(f"recipe name {name!r} is in several folders: {', '.join(same_stem)}; give one of them")
+    by_name = {**{full.split("/")[-1]: full for full in recipes}, **{full: full for full in recipes}}
+    close = sorted({by_name[match] for match in difflib.get_close_matches(name, list(by_name), n=5, cutoff=0.6)})
+    suggestion = f"close matches: {', '.join(close)}" if close else "no recipe has a similar name"
+    raise RecipeError(f"recipe not found: {path} (looked for the file {path.absolute()} and for a recipe of that name "
+                      f"under {CONFIGS}); {suggestion}; `ofa-el recipes` lists them all")
+
+
+def _extended_path(path: Path, name: str) -> Path:
+    """``extends: name`` of the recipe at ``path``: next to it, else the packaged recipe (``folder/name`` or a name
+    that only one packaged folder has), so that a recipe copied elsewhere still finds its base."""
+    for candidate in (path.parent / name, CONFIGS / name):
+        if candidate.is_file():
+            return candidate
+    packaged = sorted(CONFIGS.glob(f"*/{name}"))
+    if len(packaged) == 1:
+        return packaged[0]
+    if packaged:
+        folders = ", ".join(str(p.relative_to(CONFIGS)) for p in packaged)
+        raise RecipeError(f"{path}: extends {name}: several packaged recipes have that name ({folders}); "
+                          f"write extends: <folder>/{name}")
+    raise RecipeError(f"{path}: extends {name}: found neither next to it ({path.parent / name}) nor among the "
+                      f"packaged recipes ({CONFIGS}); `ofa-el cp <recipe> <file>` writes a copy with its chain merged")
 
 
 def _merge(base: Dict[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
@@ -83,7 +141,7 @@ def _merge(base: Dict[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
     return merged
 
 
-def _read_chain(path: Path) -> Dict[str, Any]:
+def read_chain(path: Path) -> Dict[str, Any]:
     """A recipe merged over the recipes it extends (demo blocks merge the same way)."""
     if not path.is_file():
         raise RecipeError(f"recipe not found: {path}")
@@ -97,13 +155,13 @@ def _read_chain(path: Path) -> Dict[str, Any]:
     if unknown:
         raise RecipeError(f"{path}: unknown keys {sorted(unknown)}")
     if "extends" in recipe:
-        recipe = _merge(_read_chain(path.parent / recipe.pop("extends")), recipe)
+        recipe = _merge(read_chain(_extended_path(path, str(recipe.pop("extends")))), recipe)
     return recipe
 
 
 def load_recipe(path: Path, demo: bool = False) -> Dict[str, Any]:
     """Read a recipe and the recipes it extends, then (with ``demo``) apply its demo overrides."""
-    recipe = _read_chain(Path(path))
+    recipe = read_chain(Path(path))
     overrides = recipe.pop("demo", None) or {}
     return _merge(recipe, overrides) if demo else recipe
 
@@ -145,14 +203,24 @@ def fairseq_arguments(recipe: Mapping[str, Any], env: Mapping[str, str], where: 
     return argv
 
 
-def process_layout(env: Mapping[str, str]) -> Dict[str, Any]:
-    """How many processes to start, from torchrun-style variables (GPU count as OFA's scripts use it).
+def visible_gpus(recipe: Mapping[str, Any], extra: List[str]) -> int:
+    """CUDA devices a run can use: ``torch.cuda.device_count()`` (it honours ``CUDA_VISIBLE_DEVICES``), none
+    for a CPU run (``--cpu`` given or in the recipe)."""
+    if flag_given(extra, "--cpu") or (recipe.get("args") or {}).get("cpu"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def process_layout(env: Mapping[str, str], gpus: int = 0) -> Dict[str, Any]:
+    """How many processes to start: one per visible GPU (as torchrun's ``--nproc_per_node=gpu``), one without
+    GPUs, or what the torchrun-style variables say.
 
     ``master_addr``/``master_port`` are None on one node when neither is set: torchrun's standalone
     rendezvous then takes a free port, so two recipes can run side by side on one machine.
     """
-    visible = env.get("CUDA_VISIBLE_DEVICES", "")
-    default_procs = len([d for d in visible.split(",") if d.strip()]) or 1
+    default_procs = max(gpus, 1)
     try:
         layout = {
             "nproc_per_node": int(env.get("NPROC_PER_NODE", default_procs)),
@@ -191,7 +259,9 @@ def derived_update_freq(recipe: Mapping[str, Any], extra: List[str], processes: 
     return global_batch // per_update
 
 
-def command(recipe: Mapping[str, Any], env: Mapping[str, str], extra: List[str], where: str = "recipe") -> List[str]:
+def command(recipe: Mapping[str, Any], env: Mapping[str, str], extra: List[str], where: str = "recipe",
+            gpus: Optional[int] = None) -> List[str]:
+    """The command that runs ``recipe``; a training run gets one process per GPU (``gpus``: detected when None)."""
     entry = recipe.get("entry", "train")
     if entry not in ENTRY_MODULES:
         raise RecipeError(f"{where}: entry must be one of {sorted(ENTRY_MODULES)}, got {entry!r}")
@@ -200,7 +270,7 @@ def command(recipe: Mapping[str, Any], env: Mapping[str, str], extra: List[str],
         # an explicit --cpu run of a GPU recipe (e.g. to try it on a laptop): the recipe's half precision goes
         recipe["args"] = {name: None if name in HALF_PRECISION_FLAGS else value
                           for name, value in (recipe.get("args") or {}).items()}
-    layout = process_layout(env)
+    layout = process_layout(env, visible_gpus(recipe, extra) if gpus is None else gpus)
     processes = layout["nproc_per_node"] * layout["nnodes"]
     update_freq = derived_update_freq(recipe, extra, processes) if entry == "train" else None
     if update_freq is not None:
@@ -263,24 +333,64 @@ def check_device(argv: List[str]) -> None:
         "environment, then the repository's .venv); --cpu runs this recipe on the CPU without half precision")
 
 
+def processes_line(layout: Mapping[str, Any], gpus: int, env: Mapping[str, str]) -> str:
+    """``processes: 8, one per visible GPU (...)``: how many processes start, and why that many."""
+    if "NPROC_PER_NODE" in env:
+        why = f"NPROC_PER_NODE={env['NPROC_PER_NODE']}"
+    elif gpus:
+        why = f"one per visible GPU ({gpus}; CUDA_VISIBLE_DEVICES or NPROC_PER_NODE choose fewer)"
+    else:
+        why = "no GPU in use (NPROC_PER_NODE starts more)"
+    nodes = f" on each of {layout['nnodes']} nodes" if layout["nnodes"] > 1 else ""
+    return f"processes: {layout['nproc_per_node']}{nodes}, {why}"
+
+
+def entry_arguments(cmd: List[str], entry: str) -> List[str]:
+    """The arguments ``cmd`` passes to the entry point (after torchrun's own, if any)."""
+    return cmd[cmd.index(ENTRY_MODULES[entry]) + 1:]
+
+
+def print_config(path: Path, recipe: Mapping[str, Any], cmd: List[str], demo: bool) -> None:
+    """The recipe as it runs (its extends chain merged, with ``demo`` its demo overrides applied) and the command."""
+    print(f"# {path}: extends chain merged{', demo overrides applied' if demo else ''}")
+    print(yaml.safe_dump(dict(recipe), sort_keys=False, width=120), end="")
+    print("# the command it runs:")
+    print("# " + " ".join(shlex.quote(c) for c in cmd))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", type=Path, help="a recipe YAML (a path, or a name under configs/ such as "
-                                                   "caption/stage1_el.yaml)")
+                                                   "caption/stage1_el; `ofa-el recipes` lists them)")
     parser.add_argument("--demo", action="store_true", help="use the recipe's demo overrides (also: DEMO=1)")
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged recipe and the command it runs, then stop")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the save dir's checkpoint_last.pt even where it was trained with other "
+                             "hyper-parameters than this command's")
     args, extra = parser.parse_known_args(argv)
     demo = args.demo or os.environ.get("DEMO", "0") not in ("", "0")
-    path = recipe_path(args.recipe)
     try:
+        path = recipe_path(args.recipe)
         recipe = load_recipe(path, demo=demo)
-        cmd = command(recipe, os.environ, extra, where=str(path))
+        entry = recipe.get("entry", "train")
+        gpus = visible_gpus(recipe, extra) if entry == "train" else 0
+        cmd = command(recipe, os.environ, extra, where=str(path), gpus=gpus)
+        if args.print_config:
+            print_config(path, recipe, cmd, demo)
+            return 0
         print(environment_line(), flush=True)
-        if recipe.get("entry", "train") == "train":
-            layout = process_layout(os.environ)
-            print(global_batch_line(cmd, layout["nproc_per_node"] * layout["nnodes"]), flush=True)
+        processes = 1
+        if entry == "train":
+            layout = process_layout(os.environ, gpus)
+            processes = layout["nproc_per_node"] * layout["nnodes"]
+            print(processes_line(layout, gpus, os.environ), flush=True)
+            print(global_batch_line(cmd, processes), flush=True)
             check_device(cmd)
-    except RecipeError as err:
+        if not args.dry_run:
+            check_launch(entry, entry_arguments(cmd, entry), processes=processes, resume=args.resume, demo=demo)
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)

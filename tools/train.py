@@ -11,6 +11,10 @@ after a crash, stock fairseq would load the pretrained file again and start over
 restart resumes from ``<save-dir>/checkpoint_last.pt`` when there is one (what fairseq's
 ``--finetune-from-model`` does), and a ``--restore-file`` that does not exist is an error
 rather than a silent start from scratch.
+
+What stock fairseq-train reports as a traceback (no arguments, an unknown ``--arch``, no ``--batch-size``)
+or only after the model is built (a data file or BPE folder that is not there) is checked first and
+reported as one ``error:`` line.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import quiet_logs, run_cli
+from .errors import MissingFileError, OptionError, quiet_logs, run_cli
 
 PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,7 +81,7 @@ def _without(argv: List[str], flag: str, takes_value: bool) -> List[str]:
     return out
 
 
-class MissingRestoreFileError(FileNotFoundError):
+class MissingRestoreFileError(MissingFileError):
     """``--restore-file`` names no file: stock fairseq would train from scratch without a word."""
 
 
@@ -101,6 +105,67 @@ def resume_or_restore(argv: List[str], log=print) -> List[str]:
     return argv
 
 
+USAGE = ("python -m ofa_el.tools.train TRAIN.tsv,VALID.tsv --task caption --arch ofa_large --batch-size 8 "
+         "--bpe-dir BPE ... (fairseq-train's flags), or a recipe, which sets them all: ofa-el launch "
+         "caption/stage1_el (`ofa-el recipes` lists them)")
+
+
+def _registered(registry: dict, flag: str, name: Optional[str]) -> None:
+    """``name`` is in fairseq's ``registry``, else an error listing this plugin's choices and close matches."""
+    import difflib
+
+    if name in registry:
+        return
+    plugin = (__package__ or __name__).split(".")[0]  # "__main__" under python -m
+    own = sorted(key for key, value in registry.items() if getattr(value, "__module__", "").startswith(plugin + "."))
+    close = difflib.get_close_matches(str(name), list(registry), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise OptionError(f"{flag} {name}: unknown{hint}; this plugin's: {', '.join(own)}")
+
+
+def parse_quietly(parse):
+    """Run an argparse ``parse``; its error becomes one OptionError line instead of fairseq's page-long usage."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            return parse()
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            raise
+        reason = printed.getvalue().strip().splitlines()[-1].split(" error: ", 1)[-1]
+        raise OptionError(f"{reason}: {USAGE}") from None
+
+
+def check_arguments(argv: List[str]) -> None:
+    """What fairseq-train would report as a bare traceback, or only after the model is built."""
+    if "-h" in argv or "--help" in argv:
+        return
+    if not argv:
+        raise OptionError(f"no arguments: {USAGE}")
+    for flag in ("--task", "--arch"):
+        if not flag_given(argv, flag):
+            raise OptionError(f"{flag}: required: {USAGE}")
+    if not any(flag_given(argv, flag) for flag in ("--batch-size", "--max-sentences", "--max-tokens")):
+        raise OptionError("--batch-size: required: OFA's datasets batch a fixed number of rows per process "
+                          "(OFA's recipes: 8 for caption stage 1, 4 for RefCOCO)")
+    from fairseq import options
+    from fairseq.models import ARCH_MODEL_REGISTRY
+    from fairseq.tasks import TASK_REGISTRY
+
+    _registered(TASK_REGISTRY, "--task", flag_value(argv, "--task"))
+    _registered(ARCH_MODEL_REGISTRY, "--arch", flag_value(argv, "--arch"))
+    args = parse_quietly(lambda: options.parse_args_and_arch(options.get_training_parser(), input_args=argv))
+    from .preflight import check_bpe_dir, check_data_files
+
+    if getattr(args, "data", None):
+        check_data_files(args.data)
+    if hasattr(args, "bpe_dir"):
+        check_bpe_dir(args.bpe_dir)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     from fairseq_cli import train
 
@@ -108,7 +173,9 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     claim_folder_name()
     quiet_logs()
-    argv = with_user_dir(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_arguments(argv)
+    argv = with_user_dir(argv)
     argv = resume_or_restore(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
     sys.argv = [sys.argv[0]] + with_cpu_torchrun(argv)
     train.cli_main()
