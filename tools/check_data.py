@@ -1,9 +1,9 @@
 """Check OFA-format TSV files before training: every row through the same checks training runs.
 
 Training stops at the first bad row (or, with ``--skip-invalid-rows``, drops it); this tool
-reads every row of every file with the reader and row parser the caption and refcoco
-datasets use (column count, UTF-8, line endings, base64, image decoding, caption cleaning
-or references, box parsing, clipping and bins), without a BPE or a model, and lists each
+reads every row of every file with the reader and row parser the task's dataset uses
+(column count, UTF-8, line endings, base64, image decoding, caption cleaning or references,
+box parsing, clipping and bins, SNLI-VE labels, class names), without a BPE or a model, and lists each
 bad row as ``file:row: reason`` (1-based row), then a summary per file and in total.
 
     python -m ofa_el.tools.check_data --task refcoco refcoco_train.tsv refcoco_val.tsv --workers 4
@@ -28,6 +28,7 @@ from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Seq
 from ..data.caption_dataset import CAPTION_PATCH_IMAGE_SIZE, CAPTION_SELECTED_COLS, CaptionRowParser
 from ..data.ofa_dataset import RowParser, selected_field_columns
 from ..data.refcoco_dataset import REFCOCO_PATCH_IMAGE_SIZE, REFCOCO_SELECTED_COLS, RefcocoRowParser
+from ..data.snli_ve_dataset import SNLI_VE_PATCH_IMAGE_SIZE, SNLI_VE_SELECTED_COLS, SnliVeRowParser
 from ..data.tsv import InvalidRowError, TsvFile
 from .errors import quiet_logs
 
@@ -55,6 +56,10 @@ TASKS: Dict[str, TaskSpec] = {
         REFCOCO_SELECTED_COLS, REFCOCO_PATCH_IMAGE_SIZE,
         lambda args, split: RefcocoRowParser(args.patch_image_size, num_bins=args.num_bins,
                                              max_image_size=args.max_image_size),
+        reads_split=False),
+    "snli_ve": TaskSpec(
+        SNLI_VE_SELECTED_COLS, SNLI_VE_PATCH_IMAGE_SIZE,
+        lambda args, split: SnliVeRowParser(args.patch_image_size, add_caption=args.add_caption),
         reads_split=False),
 }
 
@@ -160,13 +165,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="how rows are read")
     parser.add_argument("files", nargs="+", metavar="FILE.tsv", help="TSV files to check")
-    parser.add_argument("--selected-cols", help="columns to read, as in training (default: caption "
-                        f"{CAPTION_SELECTED_COLS}, refcoco {REFCOCO_SELECTED_COLS})")
-    parser.add_argument("--patch-image-size", type=int, help="side of the model input (default: caption "
-                        f"{CAPTION_PATCH_IMAGE_SIZE}, refcoco {REFCOCO_PATCH_IMAGE_SIZE}); refcoco bins depend on it")
+    parser.add_argument("--selected-cols", help="columns to read, as in training (default: " + ", ".join(
+                        f"{name} {spec.selected_cols}" for name, spec in sorted(TASKS.items())) + ")")
+    parser.add_argument("--patch-image-size", type=int, help="side of the model input (default: " + ", ".join(
+                        f"{name} {spec.patch_image_size}" for name, spec in sorted(TASKS.items()))
+                        + "); refcoco bins depend on it")
     parser.add_argument("--num-bins", type=int, default=1000, help="refcoco: number of <bin_i> tokens")
     parser.add_argument("--max-image-size", type=float, help="refcoco: box normaliser (default: --patch-image-size)")
     parser.add_argument("--max-tgt-length", type=int, default=30, help="caption: max words of a train caption")
+    parser.add_argument("--add-caption", action="store_true",
+                        help="snli_ve: the prompt holds the caption (premise) too, so it must not be empty")
     parser.add_argument("--split", choices=("train", "valid"),
                         help="caption: train reads one caption per row, valid &&-joined references (default: "
                              "train if the file name contains 'train', else valid)")
