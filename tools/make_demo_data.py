@@ -424,8 +424,11 @@ def write_bpe(out_dir: str, texts: Sequence[str], vocab_size: int) -> None:
 def make_demo_data(out: str, seed: int = 0, image_size: int = 64, train_images: int = 1500, val_images: int = 100,
                    test_images: int = 100, refcoco_train_images: int = 1500, refcoco_eval_images: int = 100,
                    bpe_vocab_size: int = 600, refcoco_object_sides: Tuple[float, float] = REFCOCO_OBJECT_SIDES,
-                   snli_ve_rows: Tuple[int, int, int] = (3000, 300, 300),
-                   classify_rows: Tuple[int, int, int] = (2400, 240, 240)) -> None:
+                   snli_ve_rows: Optional[Tuple[int, int, int]] = None,
+                   classify_rows: Optional[Tuple[int, int, int]] = None) -> None:
+    """The demo files under ``out``; the snli_ve and image_classify sets only when their (train, val, test) row
+    counts are given (the command line writes them by default; they draw from their own random streams, so the
+    other files are the same with or without them)."""
     os.makedirs(out, exist_ok=True)
     rng = random.Random(seed)
     texts = write_caption_sets(out, rng, {"train": train_images, "val": val_images, "test": test_images}, image_size)
@@ -433,8 +436,10 @@ def make_demo_data(out: str, seed: int = 0, image_size: int = 64, train_images: 
     if refcoco_train_images > 0:
         texts += write_refcoco_sets(out, rng, refcoco_train_images, refcoco_eval_images, refcoco_object_sides)
     write_bpe(os.path.join(out, "bpe"), texts, bpe_vocab_size)
-    write_snli_ve_sets(out, seed, dict(zip(("train", "dev", "test"), snli_ve_rows)))  # byte-level BPE: any text
-    write_image_classify_sets(out, seed, dict(zip(("train", "val", "test"), classify_rows)))
+    if snli_ve_rows:  # not in the BPE corpus: a byte-level BPE encodes any text
+        write_snli_ve_sets(out, seed, dict(zip(("train", "dev", "test"), snli_ve_rows)))
+    if classify_rows:
+        write_image_classify_sets(out, seed, dict(zip(("train", "val", "test"), classify_rows)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -452,7 +457,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="MIN,MAX side of the refcoco shapes as fractions of the image's shorter side "
                              "(default: 1/4,1/2)")
     parser.add_argument("--bpe-vocab-size", type=int, default=600, help="BPE vocabulary size, >= 256 (the bytes)")
+    parser.add_argument("--snli-ve-rows", default="3000,300,300", help="TRAIN,DEV,TEST rows of the snli_ve files")
+    parser.add_argument("--classify-rows", default="2400,240,240",
+                        help="TRAIN,VAL,TEST rows of the image_classify files")
     args = parser.parse_args(argv)
+    row_counts = {}
+    for flag in ("snli_ve_rows", "classify_rows"):
+        try:
+            row_counts[flag] = tuple(int(n) for n in getattr(args, flag).split(","))
+        except ValueError:
+            row_counts[flag] = ()
+        if len(row_counts[flag]) != 3 or min(row_counts[flag]) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be three positive row counts TRAIN,VAL,TEST, got "
+                         f"{getattr(args, flag)!r}")
     try:
         sides = REFCOCO_OBJECT_SIDES if args.refcoco_object_sides is None else tuple(
             float(f) for f in args.refcoco_object_sides.split(","))
@@ -471,7 +488,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.bpe_vocab_size < 256:
         parser.error("--bpe-vocab-size must be at least 256")
     make_demo_data(args.out, args.seed, args.image_size, args.train_images, args.val_images, args.test_images,
-                   args.refcoco_train_images, args.refcoco_eval_images, args.bpe_vocab_size, sides)
+                   args.refcoco_train_images, args.refcoco_eval_images, args.bpe_vocab_size, sides,
+                   row_counts["snli_ve_rows"], row_counts["classify_rows"])
 
 
 if __name__ == "__main__":
