@@ -44,8 +44,6 @@ the structure.
 from __future__ import annotations
 
 import logging
-import os
-import pickle
 from collections import defaultdict
 from typing import Dict, Hashable, Iterable, List, Optional, Sequence, Tuple
 
@@ -54,6 +52,7 @@ import torch
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from .boxes import box_iou, grounding_hits
+from .safe_pickle import load_restricted_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -91,19 +90,6 @@ _CIDER_TABLE_GLOBALS = frozenset({
     ("builtins", "float"), ("builtins", "int"),
     ("__builtin__", "float"), ("__builtin__", "int"),
 })
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    """A pickle names a global outside :data:`_CIDER_TABLE_GLOBALS`."""
-
-
-class _CiderTableUnpickler(pickle.Unpickler):
-    """Unpickles plain data only: a crafted pickle cannot import (and so cannot call) anything else."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _CIDER_TABLE_GLOBALS:
-            raise _RefusedGlobal(f"{module}.{name}")
-        return super().find_class(module, name)
 
 
 def _is_number(value) -> bool:
@@ -146,18 +132,9 @@ def load_cider_document_frequency(path: str, option: str = "--eval-cider-cached-
     code, as :func:`torch.load` with ``weights_only`` guards checkpoints. ``option`` names the flag
     the path came from in errors (``--scst-cider-cached-tokens`` for caption stage 2).
     """
-    where = f"{option} {path}"
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{option}: file not found: {path}")
-    with open(path, "rb") as handle:
-        try:
-            cached = _CiderTableUnpickler(handle, encoding="latin1").load()
-        except _RefusedGlobal as refused:
-            raise ValueError(f"{where}: refusing to load {str(refused)!r}: a CIDEr table holds only dicts, tuples, "
-                             "strings and numbers") from None
-        except Exception as err:  # any parse failure of an untrusted file is a bad file, not a crash
-            raise ValueError(f"{where}: not a readable CIDEr table pickle ({type(err).__name__}: {err})") from None
-    return _check_cider_table(cached, where)
+    cached = load_restricted_pickle(path, option, "CIDEr table", allowed=_CIDER_TABLE_GLOBALS,
+                                    holds="dicts, tuples, strings and numbers")
+    return _check_cider_table(cached, f"{option} {path}")
 
 
 class DocumentFrequency(dict):
