@@ -6,12 +6,13 @@ whether the image entails the hypothesis (``yes``), contradicts it (``no``) or n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Tuple
+from typing import Any, ClassVar, Dict, Sequence, Tuple, Union
 
 from PIL import Image
 
-from .ofa_dataset import RowParser
-from .text import pre_caption
+from .candidate_dataset import CandidateDataset
+from .ofa_dataset import RowParser, image_to_tensor
+from .text import TextCodec, pre_caption
 
 #: OFA's snli_ve defaults: ``--selected-cols`` (uniq-id, image, hypothesis, caption, label), ``--patch-image-size``.
 SNLI_VE_SELECTED_COLS = "0,2,3,4,5"
@@ -71,3 +72,26 @@ class SnliVeRowParser(RowParser):
             raise ValueError(f"label column: {label!r} is not one of {', '.join(SNLI_VE_ANSWERS)}")
         prompt = self.prompt(fields["hypothesis"], fields["caption"])
         return SnliVeRow(fields["uniq_id"], self.load_image(fields["image"]), prompt, SNLI_VE_ANSWERS[label])
+
+
+class SnliVeDataset(CandidateDataset):
+    """Rows ``(uniq-id, image, hypothesis, caption, label)``; the target is OFA's answer after the
+    ``--prompt-type`` decoder prompt, with its constraint mask over the candidates (yes, no, maybe)."""
+
+    FIELDS = SnliVeRowParser.FIELDS
+
+    def __init__(self, path: str, split: str, codec: TextCodec,
+                 selected_cols: Union[str, Sequence[int]] = SNLI_VE_SELECTED_COLS,
+                 patch_image_size: int = SNLI_VE_PATCH_IMAGE_SIZE, max_src_length: int = 80, add_caption: bool = False,
+                 **kwargs):
+        parser = SnliVeRowParser(patch_image_size, max_src_length=max_src_length, add_caption=add_caption)
+        super().__init__(path, split, codec, selected_cols or SNLI_VE_SELECTED_COLS, parser, **kwargs)
+
+    def build_sample(self, index: int, fields: Dict[str, str]) -> Dict[str, Any]:
+        row: SnliVeRow = self.parse(index, fields)
+        if self.candidates is not None and row.answer not in self.candidates.index:
+            raise self.row_error(index, f"label column: answer {row.answer!r} is not one of the candidates "
+                                        f"({', '.join(self.candidates.answers)}; --ans2label-dict)")
+        image = image_to_tensor(row.image, self.patch_image_size)
+        return self.candidate_sample(row.uniq_id, image, self.encode_source(row.prompt),
+                                     self.codec.encode(" " + row.answer), {row.answer: 1.0})

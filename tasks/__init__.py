@@ -1,2 +1,2 @@
-"""OFA's ``caption`` and ``refcoco`` tasks on one shared base (ofa_task.py)."""
-from . import caption, refcoco  # noqa: F401
+"""OFA's ``caption``, ``refcoco``, ``snli_ve`` and ``image_classify`` tasks on one shared base (ofa_task.py)."""
+from . import caption, image_classify, refcoco, snli_ve  # noqa: F401
