@@ -67,8 +67,9 @@ class ImageClassifyDataset(CandidateDataset):
 
     Training images go through OFA's augmentation (:mod:`.augment`: timm's where it imports, else the same
     policy on PIL); other splits are only resized. Normalisation is OFA's [-1, 1] unless
-    ``imagenet_default_mean_and_std`` (OFA's ImageNet script sets it). A sample's id is its row number in the
-    file (OFA uses the index within the rank's shard, which repeats across ranks).
+    ``imagenet_default_mean_and_std`` (OFA's ImageNet script sets it). A sample's id is the row's 0-based
+    position in the file: OFA's id on one process, and unlike OFA's (the index within a rank's shard) unique
+    across ranks.
     """
 
     FIELDS = ImageClassifyRowParser.FIELDS
@@ -94,6 +95,6 @@ class ImageClassifyDataset(CandidateDataset):
             image = self.train_transform(row.image)
         else:
             image = eval_transform(row.image, self.patch_image_size, self.mean, self.std)
-        return self.candidate_sample(self.tsv.row_number(index), image, self.source,
+        return self.candidate_sample(self.tsv.row_number(index) - 1, image, self.source,
                                      self.candidates.tokens[self.candidates.index[row.class_name]],
                                      {row.class_name: 1.0})
