@@ -1,2 +1,2 @@
-"""OFA's ``caption`` and ``refcoco`` tasks on one shared base (ofa_task.py)."""
-from . import caption, refcoco  # noqa: F401
+"""OFA's ``caption``, ``refcoco`` and ``vqa_gen`` tasks on one shared base (ofa_task.py)."""
+from . import caption, refcoco, vqa_gen  # noqa: F401

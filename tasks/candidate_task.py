@@ -7,7 +7,6 @@ search constrained by the trie) and averaging ``ref_dict[prediction]`` (0 for an
 list) into the task's metric. With ``--uses-ema`` (and fairseq's ``--store-ema``) the predictions come from
 the EMA model, as OFA's, while the validation loss stays the training model's.
 """
-from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field

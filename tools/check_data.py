@@ -7,6 +7,7 @@ or references, box parsing, clipping and bins), without a BPE or a model, and li
 bad row as ``file:row: reason`` (1-based row), then a summary per file and in total.
 
     python -m ofa_el.tools.check_data --task refcoco refcoco_train.tsv refcoco_val.tsv --workers 4
+    python -m ofa_el.tools.check_data --task vqa_gen --ans2label-file trainval_ans2label.pkl vqa_val.tsv
 
 Exit status: 0 if every row is usable, 1 if any row is bad, 2 for a usage error (missing
 file, bad option). Rows are read by seeking, a block at a time, so memory stays flat
@@ -25,10 +26,13 @@ from dataclasses import dataclass, field
 from multiprocessing.pool import Pool
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ..data.candidates import load_answer_list, parse_answer_dict
 from ..data.caption_dataset import CAPTION_PATCH_IMAGE_SIZE, CAPTION_SELECTED_COLS, CaptionRowParser
 from ..data.ofa_dataset import RowParser, selected_field_columns
 from ..data.refcoco_dataset import REFCOCO_PATCH_IMAGE_SIZE, REFCOCO_SELECTED_COLS, RefcocoRowParser
 from ..data.tsv import InvalidRowError, TsvFile
+from ..data.vqa_dataset import VQA_PATCH_IMAGE_SIZE, VQA_SELECTED_COLS, VqaRowParser
+from ..tasks.vqa_gen import VqaGenConfig
 from .errors import quiet_logs
 
 #: Rows per block handed to a worker: large enough to amortise the hand-over, small enough to
@@ -55,6 +59,12 @@ TASKS: Dict[str, TaskSpec] = {
         REFCOCO_SELECTED_COLS, REFCOCO_PATCH_IMAGE_SIZE,
         lambda args, split: RefcocoRowParser(args.patch_image_size, num_bins=args.num_bins,
                                              max_image_size=args.max_image_size),
+        reads_split=False),
+    "vqa_gen": TaskSpec(
+        VQA_SELECTED_COLS, VQA_PATCH_IMAGE_SIZE,
+        lambda args, split: VqaRowParser(args.patch_image_size, max_src_length=args.max_src_length,
+                                         max_object_length=args.max_object_length, add_object=args.add_object,
+                                         answers=args.answers),
         reads_split=False),
 }
 
@@ -161,15 +171,26 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="how rows are read")
     parser.add_argument("files", nargs="+", metavar="FILE.tsv", help="TSV files to check")
     parser.add_argument("--selected-cols", help="columns to read, as in training (default: caption "
-                        f"{CAPTION_SELECTED_COLS}, refcoco {REFCOCO_SELECTED_COLS})")
+                        f"{CAPTION_SELECTED_COLS}, refcoco {REFCOCO_SELECTED_COLS}, vqa_gen {VQA_SELECTED_COLS})")
     parser.add_argument("--patch-image-size", type=int, help="side of the model input (default: caption "
-                        f"{CAPTION_PATCH_IMAGE_SIZE}, refcoco {REFCOCO_PATCH_IMAGE_SIZE}); refcoco bins depend on it")
+                        f"{CAPTION_PATCH_IMAGE_SIZE}, refcoco {REFCOCO_PATCH_IMAGE_SIZE}, vqa_gen {VQA_PATCH_IMAGE_SIZE}); "
+                        "refcoco bins depend on it")
     parser.add_argument("--num-bins", type=int, default=1000, help="refcoco: number of <bin_i> tokens")
     parser.add_argument("--max-image-size", type=float, help="refcoco: box normaliser (default: --patch-image-size)")
     parser.add_argument("--max-tgt-length", type=int, default=30, help="caption: max words of a train caption")
     parser.add_argument("--split", choices=("train", "valid"),
                         help="caption: train reads one caption per row, valid &&-joined references (default: "
                              "train if the file name contains 'train', else valid)")
+    vqa = parser.add_argument_group("vqa_gen (the task's options)")
+    vqa.add_argument("--ans2label-file", help="the candidate answers (OFA's .pkl, .json or one per line); every "
+                     "row's target answer must be one (default: --ans2label-dict)")
+    vqa.add_argument("--ans2label-dict", default=VqaGenConfig.ans2label_dict,
+                     help="the candidate answers as inline JSON (default: %(default)s)")
+    vqa.add_argument("--unconstrained-training", action="store_true", help="no candidate set: any target answer")
+    vqa.add_argument("--max-src-length", type=int, default=VqaGenConfig.max_src_length,
+                     help="words of the question kept (default: %(default)s)")
+    vqa.add_argument("--max-object-length", type=int, default=VqaGenConfig.max_object_length)
+    vqa.add_argument("--add-object", action="store_true", help="the object tags are read too")
     parser.add_argument("--workers", type=int, default=1, help="processes checking blocks of rows (default 1)")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -178,6 +199,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.patch_image_size = TASKS[args.task].patch_image_size
     if args.selected_cols is None:
         args.selected_cols = TASKS[args.task].selected_cols
+    args.answers = None
+    if args.task == "vqa_gen" and not args.unconstrained_training:
+        try:
+            args.answers = frozenset(load_answer_list(args.ans2label_file) if args.ans2label_file
+                                     else parse_answer_dict(args.ans2label_dict))
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
     return args
 
 

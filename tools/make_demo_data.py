@@ -314,8 +314,8 @@ def write_bpe(out_dir: str, texts: Sequence[str], vocab_size: int) -> None:
 
 def make_demo_data(out: str, seed: int = 0, image_size: int = 64, train_images: int = 1500, val_images: int = 100,
                    test_images: int = 100, refcoco_train_images: int = 1500, refcoco_eval_images: int = 100,
-                   bpe_vocab_size: int = 600, refcoco_object_sides: Tuple[float, float] = REFCOCO_OBJECT_SIDES
-                   ) -> None:
+                   bpe_vocab_size: int = 600, refcoco_object_sides: Tuple[float, float] = REFCOCO_OBJECT_SIDES,
+                   vqa_train_images: int = 0, vqa_eval_images: int = 100) -> None:
     os.makedirs(out, exist_ok=True)
     rng = random.Random(seed)
     texts = write_caption_sets(out, rng, {"train": train_images, "val": val_images, "test": test_images}, image_size)
@@ -323,6 +323,9 @@ def make_demo_data(out: str, seed: int = 0, image_size: int = 64, train_images: 
     if refcoco_train_images > 0:
         texts += write_refcoco_sets(out, rng, refcoco_train_images, refcoco_eval_images, refcoco_object_sides)
     write_bpe(os.path.join(out, "bpe"), texts, bpe_vocab_size)
+    if vqa_train_images > 0:  # after the BPE: byte-level, it encodes the questions without them in its corpus
+        from .make_demo_vqa import write_vqa_sets
+        write_vqa_sets(out, seed, vqa_train_images, vqa_eval_images, image_size)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -340,6 +343,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="MIN,MAX side of the refcoco shapes as fractions of the image's shorter side "
                              "(default: 1/4,1/2)")
     parser.add_argument("--bpe-vocab-size", type=int, default=600, help="BPE vocabulary size, >= 256 (the bytes)")
+    parser.add_argument("--vqa-train-images", type=int, default=0,
+                        help="images of vqa_train.tsv (3 questions each; see make_demo_vqa.py); 0 writes no VQA sets")
+    parser.add_argument("--vqa-eval-images", type=int, default=100, help="images of vqa_val.tsv and vqa_test.tsv")
     args = parser.parse_args(argv)
     try:
         sides = REFCOCO_OBJECT_SIDES if args.refcoco_object_sides is None else tuple(
@@ -358,8 +364,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error("--refcoco-train-images must be >= 0 and --refcoco-eval-images >= 1")
     if args.bpe_vocab_size < 256:
         parser.error("--bpe-vocab-size must be at least 256")
+    if args.vqa_train_images < 0 or args.vqa_eval_images < 1:
+        parser.error("--vqa-train-images must be >= 0 and --vqa-eval-images >= 1")
     make_demo_data(args.out, args.seed, args.image_size, args.train_images, args.val_images, args.test_images,
-                   args.refcoco_train_images, args.refcoco_eval_images, args.bpe_vocab_size, sides)
+                   args.refcoco_train_images, args.refcoco_eval_images, args.bpe_vocab_size, sides,
+                   args.vqa_train_images, args.vqa_eval_images)
 
 
 if __name__ == "__main__":
