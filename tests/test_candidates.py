@@ -196,3 +196,51 @@ def test_trie_constraint_forces_the_prompt_then_follows_the_trie(codec):
     red = candidates.tokens[ANSWERS.index("red circle")].tolist()
     assert sorted(constraint(1, torch.tensor([bos, 21, red[0]]))) == sorted(candidates.allowed_after(red[:1]))
     assert constraint(1, torch.tensor([bos, 21, 4])) == [codec.dictionary.eos()]  # unknown prefix
+
+
+# ---------------------------------------------------------------- the loss at a step with one allowed token
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("criterion_name", ["ce", "el", "poly"])
+def test_a_step_with_one_allowed_token_adds_no_loss_and_no_gradient(impl, criterion_name):
+    """After a complete answer that no other candidate extends, only eos is allowed: p = 1 there. With label
+    smoothing, fairseq's eps/(K-1) has no other entry to go to; the token must add no gradient and (CE, Poly-1)
+    no loss, not NaN, as in OFA. (EL's bonus past log_end is its tangent line, a constant at p = 1.)"""
+    from conftest import Task, make_sample
+    from ofa_el.criterions.adjust_label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropyCriterion
+    from ofa_el.criterions.adjust_label_smoothed_encouraging_loss import AdjustLabelSmoothedEncouragingLossCriterion
+    from ofa_el.criterions.adjust_label_smoothed_poly1_cross_entropy import (
+        AdjustLabelSmoothedPoly1CrossEntropyCriterion)
+
+    build = {"ce": lambda: AdjustLabelSmoothedCrossEntropyCriterion(Task(), label_smoothing=0.1, loss_impl=impl),
+             "el": lambda: AdjustLabelSmoothedEncouragingLossCriterion(Task(), label_smoothing=0.1, log_end=0.75,
+                                                                       loss_impl=impl),
+             "poly": lambda: AdjustLabelSmoothedPoly1CrossEntropyCriterion(Task(), label_smoothing=0.1,
+                                                                           loss_impl=impl)}
+    criterion = build[criterion_name]()
+    sample = make_sample()
+    target = sample["target"]
+    masks = torch.ones(*target.shape, 16, dtype=torch.bool)
+    single = (0, 4)  # row 0's eos: only eos allowed
+    masks[single] = False
+    masks[single][target[single]] = True
+    logits = torch.randn(*target.shape, 16, requires_grad=True)
+
+    def loss_of(sample):
+        class Model(torch.nn.Module):
+            def forward(self, **net_input):
+                return logits, {}
+
+            def get_targets(self, sample, net_output):
+                return sample["target"]
+        return criterion(Model(), sample)[0]
+
+    with_single = loss_of(dict(sample, constraint_masks=masks))
+    assert torch.isfinite(with_single)
+    (gradient,) = torch.autograd.grad(with_single, logits)
+    assert torch.isfinite(gradient).all() and gradient[single].abs().max() < 1e-6
+    if criterion_name == "el":
+        return
+    dropped = sample["target"].clone()
+    dropped[single] = 1  # the same batch without that token (pad): the loss must not change
+    without = loss_of(dict(sample, target=dropped, constraint_masks=masks))
+    torch.testing.assert_close(with_single, without)

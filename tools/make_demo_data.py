@@ -424,6 +424,7 @@ def write_bpe(out_dir: str, texts: Sequence[str], vocab_size: int) -> None:
 def make_demo_data(out: str, seed: int = 0, image_size: int = 64, train_images: int = 1500, val_images: int = 100,
                    test_images: int = 100, refcoco_train_images: int = 1500, refcoco_eval_images: int = 100,
                    bpe_vocab_size: int = 600, refcoco_object_sides: Tuple[float, float] = REFCOCO_OBJECT_SIDES,
+                   vqa_train_images: int = 0, vqa_eval_images: int = 100,
                    snli_ve_rows: Optional[Tuple[int, int, int]] = None,
                    classify_rows: Optional[Tuple[int, int, int]] = None) -> None:
     """The demo files under ``out``; the snli_ve and image_classify sets only when their (train, val, test) row
@@ -436,6 +437,9 @@ def make_demo_data(out: str, seed: int = 0, image_size: int = 64, train_images: 
     if refcoco_train_images > 0:
         texts += write_refcoco_sets(out, rng, refcoco_train_images, refcoco_eval_images, refcoco_object_sides)
     write_bpe(os.path.join(out, "bpe"), texts, bpe_vocab_size)
+    if vqa_train_images > 0:  # after the BPE: byte-level, it encodes the questions without them in its corpus
+        from .make_demo_vqa import write_vqa_sets
+        write_vqa_sets(out, seed, vqa_train_images, vqa_eval_images, image_size)
     if snli_ve_rows:  # not in the BPE corpus: a byte-level BPE encodes any text
         write_snli_ve_sets(out, seed, dict(zip(("train", "dev", "test"), snli_ve_rows)))
     if classify_rows:
@@ -457,6 +461,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="MIN,MAX side of the refcoco shapes as fractions of the image's shorter side "
                              "(default: 1/4,1/2)")
     parser.add_argument("--bpe-vocab-size", type=int, default=600, help="BPE vocabulary size, >= 256 (the bytes)")
+    parser.add_argument("--vqa-train-images", type=int, default=0,
+                        help="images of vqa_train.tsv (3 questions each; see make_demo_vqa.py); 0 writes no VQA sets")
+    parser.add_argument("--vqa-eval-images", type=int, default=100, help="images of vqa_val.tsv and vqa_test.tsv")
     parser.add_argument("--snli-ve-rows", default="3000,300,300", help="TRAIN,DEV,TEST rows of the snli_ve files")
     parser.add_argument("--classify-rows", default="2400,240,240",
                         help="TRAIN,VAL,TEST rows of the image_classify files")
@@ -487,9 +494,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error("--refcoco-train-images must be >= 0 and --refcoco-eval-images >= 1")
     if args.bpe_vocab_size < 256:
         parser.error("--bpe-vocab-size must be at least 256")
+    if args.vqa_train_images < 0 or args.vqa_eval_images < 1:
+        parser.error("--vqa-train-images must be >= 0 and --vqa-eval-images >= 1")
     make_demo_data(args.out, args.seed, args.image_size, args.train_images, args.val_images, args.test_images,
                    args.refcoco_train_images, args.refcoco_eval_images, args.bpe_vocab_size, sides,
-                   row_counts["snli_ve_rows"], row_counts["classify_rows"])
+                   args.vqa_train_images, args.vqa_eval_images, row_counts["snli_ve_rows"],
+                   row_counts["classify_rows"])
 
 
 if __name__ == "__main__":
