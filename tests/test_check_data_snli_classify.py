@@ -49,3 +49,25 @@ def test_snli_ve_lists_every_bad_row(capsys, tmp_path):
     assert lines[5].startswith(f"{path}: 8 rows: 4 ok, 4 bad, 0 clipped")
     status, lines, _ = run(capsys, "--task", "snli_ve", "--add-caption", path)
     assert f"{path}:7: caption column is empty after cleaning (--add-caption puts it in the prompt): ''" in lines
+
+
+def test_image_classify_needs_the_class_list_and_lists_rows_outside_it(capsys, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("red circle\nblue square\n", encoding="utf-8")
+    path = write_lines(tmp_path / "imagenet_1k_val.tsv", [
+        (image_b64(), "1", "red circle"), (image_b64(), "3", "green circle"), (NOT_AN_IMAGE, "2", "blue square"),
+        (image_b64(), "2", "blue square"),
+    ])
+    status, lines, err = run(capsys, "--task", "image_classify", "--ans2label-file", str(classes), path)
+    assert status == 1 and err == ""
+    assert lines[:2] == [
+        f"{path}:2: class column: 'green circle' is not in the class list ({classes}, 2 classes)",
+        f"{path}:3: image column: undecodable or truncated image (UnidentifiedImageError: not an image format PIL "
+        "can read)",
+    ]
+    assert lines[3].startswith(f"{path}: 4 rows: 2 ok, 2 bad")
+    try:
+        main(["--task", "image_classify", path])
+    except SystemExit as exit_:
+        assert exit_.code == 2
+    assert "--task image_classify needs --ans2label-file" in capsys.readouterr().err

@@ -4,4 +4,10 @@
 # DATA_DIR BPE_DIR CHECKPOINT RESULTS_DIR override the paths; DEMO=1 for the demo.
 # Recipe: configs/snli_ve/evaluate.yaml.
 # Usage: SPLIT=dev CHECKPOINT=checkpoints/snli_ve_el/checkpoint_best.pt sh run_scripts/snli_ve/evaluate_snli_ve.sh
+SPLIT=${SPLIT:-test}
+case "$SPLIT" in
+  dev|test) ;;
+  *) echo "error: SPLIT must be dev or test, got '$SPLIT'" >&2; exit 2 ;;
+esac
+export SPLIT
 exec sh "$(dirname "$0")/../launch.sh" snli_ve/evaluate.yaml "$@"
