@@ -91,32 +91,37 @@ def main() -> None:
                  "patch_masks": torch.ones(args.batch, dtype=torch.bool, device=device)}
     prompts = [torch.tensor([dictionary.bos()])] * args.batch
 
-    def timed(fn) -> float:
-        times = []
+    def timed(fn):
+        """Median wall seconds and median CPU seconds of this process (threads included) over the rounds; on a
+        shared machine the CPU time is the steadier figure."""
+        walls, cpus = [], []
         for _ in range(args.rounds):
             if device == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             if device == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+            walls.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - start_cpu)
+        return statistics.median(walls), statistics.median(cpus)
 
     with torch.no_grad():
-        encoder_s = timed(lambda: encode_batch(model, net_input))
-        results = {"arch": args.arch, "device": device, "batch": args.batch, "classes": len(candidates),
-                   "mean_class_tokens": round(mean_tokens, 2), "patch_image_size": args.patch_image_size,
-                   "encoder_s_per_batch": round(encoder_s, 4), "allcand": {}}
-        print(f"{args.arch} on {device}, batch {args.batch} at {args.patch_image_size} px, {len(candidates)} classes "
-              f"({mean_tokens:.2f} BPE tokens each on average); medians of {args.rounds} rounds")
-        print(f"encoder only: {encoder_s:.3f} s per batch")
+        encoder_wall, encoder_cpu = timed(lambda: encode_batch(model, net_input))
+        results = {"arch": args.arch, "device": device, "threads": args.threads, "batch": args.batch,
+                   "classes": len(candidates), "mean_class_tokens": round(mean_tokens, 2),
+                   "patch_image_size": args.patch_image_size, "rounds": args.rounds,
+                   "encoder": {"wall_s_per_batch": round(encoder_wall, 4), "cpu_s_per_batch": round(encoder_cpu, 4)},
+                   "allcand": {}}
+        print(f"{args.arch} on {device} ({args.threads} threads), batch {args.batch} at {args.patch_image_size} px, "
+              f"{len(candidates)} classes ({mean_tokens:.2f} BPE tokens each on average); medians of "
+              f"{args.rounds} rounds; wall and CPU seconds")
+        print(f"encoder only: {encoder_wall:.2f} s wall, {encoder_cpu:.2f} s CPU per batch")
         for per_pass in args.per_pass:
-            seconds = timed(lambda: score_candidates(model, net_input, prompts, candidates, per_pass))
-            results["allcand"][per_pass] = {"s_per_batch": round(seconds, 4),
-                                            "s_per_image": round(seconds / args.batch, 4)}
-            print(f"all {len(candidates)} classes, {per_pass} per pass: {seconds:.3f} s per batch, "
-                  f"{seconds / args.batch * 1000:.0f} ms per image")
+            wall, cpu = timed(lambda: score_candidates(model, net_input, prompts, candidates, per_pass))
+            results["allcand"][per_pass] = {"wall_s_per_batch": round(wall, 4), "cpu_s_per_batch": round(cpu, 4)}
+            print(f"all {len(candidates)} classes, {per_pass} per pass: {wall:.2f} s wall, {cpu:.2f} s CPU per "
+                  f"batch; {cpu / args.batch:.2f} s CPU per image")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

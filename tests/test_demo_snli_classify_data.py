@@ -1,5 +1,6 @@
 """The demo's entailment statements and classification images: labels that the pictures decide."""
 import base64
+import json
 import io
 import pickle
 import random
@@ -82,3 +83,32 @@ def test_classify_images_show_their_class_and_the_pickle_lists_the_classes(files
         pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(row[0]))).convert("RGB")).astype(int)
         colour = row[2].split(" ")[0]
         assert (np.abs(pixels - np.array(COLOURS[colour])).max(axis=-1) < 40).sum() > 64 * 64 / 20
+
+
+@pytest.mark.parametrize("part, test_file, column", [("snli_ve", "snli_ve_test.tsv", 5),
+                                                      ("image_classify", "image_classify_test.tsv", 2)])
+def test_demo_part_reports_accuracy_beside_the_majority_baseline(part, test_file, column, tmp_path, monkeypatch,
+                                                                 capsys):
+    from ofa_el.tools import demo
+
+    monkeypatch.setattr(demo, "DEMO", tmp_path)
+    (tmp_path / "data").mkdir()
+    calls = []
+
+    def fake_run(script, log, env, *extra):  # stands in for the training and evaluation scripts
+        calls.append(script)
+        if "RESULTS_DIR" in env:
+            results = tmp_path / "results" / part
+            assert env["RESULTS_DIR"] == str(results)
+            results.mkdir(parents=True)
+            (results / "metrics.json").write_text(json.dumps({test_file[:-4]: {"accuracy": 0.75, "n": 240}}))
+
+    monkeypatch.setattr(demo, "run", fake_run)
+    monkeypatch.setitem(demo.CANDIDATE_PARTS, part, demo.CANDIDATE_PARTS[part][:4] + (
+        lambda out: (write_snli_ve_sets if part == "snli_ve" else write_image_classify_sets)(
+            out, 0, {"train": 3, "dev": 3, "val": 3, "test": 30}),))
+    result = demo.candidate_part(part)
+    label, share = majority_baseline(str(tmp_path / "data" / test_file), column)
+    assert result == {"test": {"accuracy": 0.75, "majority_baseline": share, "majority_class": label}}
+    assert calls == list(demo.CANDIDATE_PARTS[part][:2])
+    assert f"test accuracy 0.750 (majority class {label!r}: {share:.3f})" in capsys.readouterr().out

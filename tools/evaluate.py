@@ -67,7 +67,7 @@ def load(args: argparse.Namespace):
     overrides: Dict[str, Any] = {"data": f"{first},{first}", "bpe_dir": args.bpe_dir}
     if args.selected_cols:
         overrides["selected_cols"] = args.selected_cols
-    if args.ans2label_file:
+    if getattr(args, "ans2label_file", None):  # callers that build their own Namespace may leave it out
         overrides["ans2label_file"] = args.ans2label_file
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], arg_overrides=overrides)
     model = models[0]
