@@ -46,4 +46,5 @@ if not _reuse_copy_loaded_under_another_name():
         pass
     else:
         from . import checkpoint_safety  # noqa: F401  (allow-lists the types fairseq checkpoints hold)
+        from . import ema_compat  # noqa: F401  (stock fairseq's --store-ema on OFA models, as OFA's EMA)
         from . import criterions, models, schedulers, tasks  # noqa: F401  (fairseq registries)

@@ -88,13 +88,18 @@ def clean_references(field: str) -> List[str]:
     return [strip_punctuation(ref).strip() for ref in joined.split("&&")]
 
 
-def pre_caption(text: str, max_words: int) -> str:
-    """OFA's ``pre_caption`` for referring expressions: lowercase, light cleanup, word limit.
+def pre_question(text: str, max_words: int) -> str:
+    """OFA's ``pre_question`` (VQA questions): lowercase, light cleanup, word limit.
 
-    Leading ``,.!?*#:;~`` are removed, ``-`` and ``/`` become spaces, ``<person>`` becomes
-    ``person``; trailing punctuation is kept.
+    Leading ``,.!?*#:;~`` are removed, ``-`` and ``/`` become spaces, runs of whitespace one space;
+    trailing punctuation is kept.
     """
-    text = text.lower().lstrip(",.!?*#:;~").replace("-", " ").replace("/", " ").replace("<person>", "person")
+    text = text.lower().lstrip(",.!?*#:;~").replace("-", " ").replace("/", " ")
     text = _MULTI_WHITESPACE.sub(" ", text).rstrip("\n").strip(" ")
     words = text.split(" ")
     return " ".join(words[:max_words]) if len(words) > max_words else text
+
+
+def pre_caption(text: str, max_words: int) -> str:
+    """OFA's ``pre_caption`` for referring expressions: :func:`pre_question`, and ``<person>`` becomes ``person``."""
+    return pre_question(text.lower().replace("<person>", "person"), max_words)

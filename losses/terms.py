@@ -223,6 +223,16 @@ class Scaled(Term):
         return self.term.statistics(p_target)
 
 
+def label_weights(epsilon: float, support_size: Tensor) -> Tuple[Tensor, Tensor]:
+    """fairseq's label distribution on a support of ``K``: ``(q_target, q_other)`` = ``(1 - eps - eps/(K-1),
+    eps/(K-1))``. A support of one entry (a constrained step with a single allowed token, e.g. eos after a
+    complete answer) has no other entry: ``q_target = 1`` there, so the token's loss and gradient are 0 (OFA
+    divides by ``K - 1 + 1e-6`` and multiplies the resulting huge weight by zeros to the same effect)."""
+    others = support_size - 1.0
+    eps_i = torch.where(others > 0, epsilon / others.clamp(min=1.0), torch.zeros_like(others))
+    return torch.where(others > 0, 1.0 - epsilon - eps_i, torch.ones_like(others)), eps_i
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelSmoothedCE(Term):
     """fairseq's label-smoothed CE: ``(1 - eps - eps/(K-1))`` on the target, ``eps/(K-1)`` on every other entry.
@@ -245,15 +255,14 @@ class LabelSmoothedCE(Term):
         if self.epsilon == 0.0:
             return nll
         smooth = -tokens.on_support(tokens.lprobs).sum(-1)
-        eps_i = self.epsilon / (tokens.support_size - 1.0)
-        return (1.0 - self.epsilon - eps_i) * nll + eps_i * smooth
+        on_target, eps_i = label_weights(self.epsilon, tokens.support_size)
+        return on_target * nll + eps_i * smooth
 
     def closed_form(self, chunk: Chunk) -> ClosedForm:
         nll = -chunk.lp_target
         if self.epsilon == 0.0:
             return ClosedForm(value=nll, jacobian_sum=-1.0, at=[(chunk.target, chunk.rows(-1.0))])
-        eps_i = self.epsilon / (chunk.support_size - 1.0)
-        on_target = 1.0 - self.epsilon - eps_i
+        on_target, eps_i = label_weights(self.epsilon, chunk.support_size)
         return ClosedForm(value=on_target * nll - eps_i * chunk.log_sum, jacobian_sum=-1.0, on_support=-eps_i,
                           at=[(chunk.target, -on_target)])
 
@@ -344,8 +353,7 @@ class Poly1(Term):
     def _label_weights(self, support_size: Tensor) -> Tuple[Tensor, Union[Tensor, float]]:
         if self.epsilon == 0.0:
             return torch.ones_like(support_size), 0.0
-        eps_i = self.epsilon / (support_size - 1.0)
-        return 1.0 - self.epsilon - eps_i, eps_i
+        return label_weights(self.epsilon, support_size)
 
     def value(self, tokens: Tokens) -> Tensor:
         on_target, eps_i = self._label_weights(tokens.support_size)

@@ -13,7 +13,8 @@ from ofa_el.tools.make_demo_data import COLOURS, REFCOCO_SPLITS, SHAPES, main
 
 torch.set_num_threads(1)
 SIZES = ["--image-size", "32", "--train-images", "8", "--val-images", "4", "--test-images", "4",
-         "--refcoco-train-images", "6", "--refcoco-eval-images", "6", "--bpe-vocab-size", "400"]
+         "--refcoco-train-images", "6", "--refcoco-eval-images", "6", "--bpe-vocab-size", "400",
+         "--snli-ve-rows", "9,3,3", "--classify-rows", "6,3,3"]
 LOCATION_WORDS = {"left", "right", "top", "bottom", "center"}
 
 
@@ -53,6 +54,8 @@ def test_file_names_and_layout(demo):
     expected = {"caption_stage1_train.tsv", "caption_stage2_train.tsv", "caption_val.tsv", "caption_test.tsv",
                 "bpe/encoder.json", "bpe/vocab.bpe", "bpe/dict.txt"}
     expected |= {f"{variant}_{split}.tsv" for variant, splits in REFCOCO_SPLITS.items() for split in splits}
+    expected |= {f"snli_ve_{split}.tsv" for split in ("train", "dev", "test")}
+    expected |= {f"image_classify_{split}.tsv" for split in ("train", "val", "test")} | {"class2label_new.pkl"}
     assert set(all_files(demo)) == expected
     train = read_rows(demo / "caption_stage1_train.tsv")
     assert len(train) == 8 * 5 and all(len(row) == 5 for row in train)

@@ -1,12 +1,13 @@
 """Check OFA-format TSV files before training: every row through the same checks training runs.
 
 Training stops at the first bad row (or, with ``--skip-invalid-rows``, drops it); this tool
-reads every row of every file with the reader and row parser the caption and refcoco
-datasets use (column count, UTF-8, line endings, base64, image decoding, caption cleaning
-or references, box parsing, clipping and bins), without a BPE or a model, and lists each
+reads every row of every file with the reader and row parser the task's dataset uses
+(column count, UTF-8, line endings, base64, image decoding, caption cleaning or references,
+box parsing, clipping and bins, SNLI-VE labels, class names), without a BPE or a model, and lists each
 bad row as ``file:row: reason`` (1-based row), then a summary per file and in total.
 
     python -m ofa_el.tools.check_data --task refcoco refcoco_train.tsv refcoco_val.tsv --workers 4
+    python -m ofa_el.tools.check_data --task vqa_gen --ans2label-file trainval_ans2label.pkl vqa_val.tsv
 
 Exit status: 0 if every row is usable, 1 if any row is bad, 2 for a usage error (missing
 file, bad option). Rows are read by seeking, a block at a time, so memory stays flat
@@ -25,10 +26,16 @@ from dataclasses import dataclass, field
 from multiprocessing.pool import Pool
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ..data.candidates import load_answer_list, parse_answer_dict
 from ..data.caption_dataset import CAPTION_PATCH_IMAGE_SIZE, CAPTION_SELECTED_COLS, CaptionRowParser
+from ..data.image_classify_dataset import (IMAGE_CLASSIFY_PATCH_IMAGE_SIZE, IMAGE_CLASSIFY_SELECTED_COLS,
+                                           ImageClassifyRowParser)
 from ..data.ofa_dataset import RowParser, selected_field_columns
 from ..data.refcoco_dataset import REFCOCO_PATCH_IMAGE_SIZE, REFCOCO_SELECTED_COLS, RefcocoRowParser
+from ..data.snli_ve_dataset import SNLI_VE_PATCH_IMAGE_SIZE, SNLI_VE_SELECTED_COLS, SnliVeRowParser
 from ..data.tsv import InvalidRowError, TsvFile
+from ..data.vqa_dataset import VQA_PATCH_IMAGE_SIZE, VQA_SELECTED_COLS, VqaRowParser
+from ..tasks.vqa_gen import VqaGenConfig
 from .errors import quiet_logs
 
 #: Rows per block handed to a worker: large enough to amortise the hand-over, small enough to
@@ -55,6 +62,21 @@ TASKS: Dict[str, TaskSpec] = {
         REFCOCO_SELECTED_COLS, REFCOCO_PATCH_IMAGE_SIZE,
         lambda args, split: RefcocoRowParser(args.patch_image_size, num_bins=args.num_bins,
                                              max_image_size=args.max_image_size),
+        reads_split=False),
+    "snli_ve": TaskSpec(
+        SNLI_VE_SELECTED_COLS, SNLI_VE_PATCH_IMAGE_SIZE,
+        lambda args, split: SnliVeRowParser(args.patch_image_size, add_caption=args.add_caption),
+        reads_split=False),
+    "image_classify": TaskSpec(
+        IMAGE_CLASSIFY_SELECTED_COLS, IMAGE_CLASSIFY_PATCH_IMAGE_SIZE,
+        lambda args, split: ImageClassifyRowParser(args.patch_image_size, classes=args.classes,
+                                                   classes_source=args.ans2label_file),
+        reads_split=False),
+    "vqa_gen": TaskSpec(
+        VQA_SELECTED_COLS, VQA_PATCH_IMAGE_SIZE,
+        lambda args, split: VqaRowParser(args.patch_image_size, max_src_length=args.max_src_length,
+                                         max_object_length=args.max_object_length, add_object=args.add_object,
+                                         answers=args.answers),
         reads_split=False),
 }
 
@@ -160,16 +182,30 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, choices=sorted(TASKS), help="how rows are read")
     parser.add_argument("files", nargs="+", metavar="FILE.tsv", help="TSV files to check")
-    parser.add_argument("--selected-cols", help="columns to read, as in training (default: caption "
-                        f"{CAPTION_SELECTED_COLS}, refcoco {REFCOCO_SELECTED_COLS})")
-    parser.add_argument("--patch-image-size", type=int, help="side of the model input (default: caption "
-                        f"{CAPTION_PATCH_IMAGE_SIZE}, refcoco {REFCOCO_PATCH_IMAGE_SIZE}); refcoco bins depend on it")
+    parser.add_argument("--selected-cols", help="columns to read, as in training (default: " + ", ".join(
+                        f"{name} {spec.selected_cols}" for name, spec in sorted(TASKS.items())) + ")")
+    parser.add_argument("--patch-image-size", type=int, help="side of the model input (default: " + ", ".join(
+                        f"{name} {spec.patch_image_size}" for name, spec in sorted(TASKS.items()))
+                        + "); refcoco bins depend on it")
     parser.add_argument("--num-bins", type=int, default=1000, help="refcoco: number of <bin_i> tokens")
     parser.add_argument("--max-image-size", type=float, help="refcoco: box normaliser (default: --patch-image-size)")
     parser.add_argument("--max-tgt-length", type=int, default=30, help="caption: max words of a train caption")
+    parser.add_argument("--add-caption", action="store_true",
+                        help="snli_ve: the prompt holds the caption (premise) too, so it must not be empty")
     parser.add_argument("--split", choices=("train", "valid"),
                         help="caption: train reads one caption per row, valid &&-joined references (default: "
                              "train if the file name contains 'train', else valid)")
+    vqa = parser.add_argument_group("vqa_gen (the task's options)")
+    vqa.add_argument("--ans2label-file", help="the candidate answers (OFA's .pkl, .json or one per line); every "
+                     "row's target answer must be one (default: --ans2label-dict); image_classify: the class "
+                     "list (required)")
+    vqa.add_argument("--ans2label-dict", default=VqaGenConfig.ans2label_dict,
+                     help="the candidate answers as inline JSON (default: %(default)s)")
+    vqa.add_argument("--unconstrained-training", action="store_true", help="no candidate set: any target answer")
+    vqa.add_argument("--max-src-length", type=int, default=VqaGenConfig.max_src_length,
+                     help="words of the question kept (default: %(default)s)")
+    vqa.add_argument("--max-object-length", type=int, default=VqaGenConfig.max_object_length)
+    vqa.add_argument("--add-object", action="store_true", help="the object tags are read too")
     parser.add_argument("--workers", type=int, default=1, help="processes checking blocks of rows (default 1)")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -178,6 +214,22 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.patch_image_size = TASKS[args.task].patch_image_size
     if args.selected_cols is None:
         args.selected_cols = TASKS[args.task].selected_cols
+    args.answers = None
+    if args.task == "vqa_gen" and not args.unconstrained_training:
+        try:
+            args.answers = frozenset(load_answer_list(args.ans2label_file) if args.ans2label_file
+                                     else parse_answer_dict(args.ans2label_dict))
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
+    args.classes = None
+    if args.task == "image_classify":
+        if not args.ans2label_file:
+            parser.error("--task image_classify needs --ans2label-file (the class list: OFA's class2label_new.pkl, "
+                         "or a text file with one class name per line)")
+        try:
+            args.classes = load_answer_list(args.ans2label_file)
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
     return args
 
 

@@ -11,6 +11,10 @@
    includes grounding).
 4. ``--all`` also runs caption stage 2 (``configs/caption/stage2_el.yaml``: self-critical CIDEr-D
    training from a short, 150-update stage-1 EL model) and reports the test metrics of both stages.
+5. ``--all`` also runs SNLI-VE (``configs/snli_ve/snli_ve_el.yaml``: statements about the shapes that the
+   image entails, contradicts or leaves open) and image classification
+   (``configs/image_classify/imagenet_el.yaml``: 24 colour-shape classes, OFA's training augmentation), both
+   from the caption model, and prints their test accuracy beside the majority-class baseline.
 
 Every step runs the same run_scripts a user runs (``DEMO=1``), so the demo exercises the real
 code path. Metrics go to ``demo/metrics.json``; logs to ``demo/logs``.
@@ -27,7 +31,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .launch import expand, load_recipe
-from .make_demo_data import write_caption_stage2_train
+from .make_demo_data import (majority_baseline, write_caption_stage2_train, write_image_classify_sets,
+                             write_snli_ve_sets)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo"
@@ -36,7 +41,8 @@ GROUNDING_TRAIN_ROWS = 4000
 #: The recipe each part trains (its demo block says where it saves and what it restores).
 PART_RECIPES = {"caption": "caption/stage1_el.yaml", "caption_stage2": "caption/stage2_el.yaml",
                 "refcoco": "refcoco/refcoco_el.yaml",
-                "refcocoplus": "refcoco/refcocoplus_el.yaml", "refcocog": "refcoco/refcocog_el.yaml"}
+                "refcocoplus": "refcoco/refcocoplus_el.yaml", "refcocog": "refcoco/refcocog_el.yaml",
+                "snli_ve": "snli_ve/snli_ve_el.yaml", "image_classify": "image_classify/imagenet_el.yaml"}
 #: Updates of the stage-1 model that the stage-2 demo starts from (the full stage 1 leaves SCST little room).
 SHORT_STAGE1_UPDATES = 150
 GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
@@ -146,6 +152,35 @@ def grounding(set_name: str) -> Dict[str, Dict[str, Dict[str, float]]]:
     return results
 
 
+#: Per candidate part: its training and evaluation scripts, test file, label column, and the generator that writes
+#: its files (with the command line's default row counts) into demo data written before the part existed.
+CANDIDATE_PARTS = {
+    "snli_ve": ("snli_ve/train_snli_ve_el.sh", "snli_ve/evaluate_snli_ve.sh", "snli_ve_test.tsv", 5,
+                lambda out: write_snli_ve_sets(out, 0, {"train": 3000, "dev": 300, "test": 300})),
+    "image_classify": ("image_classify/train_imagenet_el.sh", "image_classify/evaluate_imagenet.sh",
+                       "image_classify_test.tsv", 2,
+                       lambda out: write_image_classify_sets(out, 0, {"train": 2400, "val": 240, "test": 240})),
+}
+
+
+def candidate_part(part: str) -> Dict[str, Dict[str, float]]:
+    """Train a fixed-candidate part with EL, score its test split with every candidate, and compare with always
+    answering the test split's commonest label."""
+    start = time.time()
+    train_script, eval_script, test_file, label_column, write_sets = CANDIDATE_PARTS[part]
+    if not (DEMO / "data" / test_file).is_file():
+        write_sets(str(DEMO / "data"))
+    print(f"{part}: training the demo model with EL ({PART_RECIPES[part]}) ...", flush=True)
+    run(train_script, DEMO / "logs" / f"{part}_train.log", {})
+    results = DEMO / "results" / part
+    run(eval_script, DEMO / "logs" / f"{part}_eval.log", {"RESULTS_DIR": str(results)})
+    table = json.loads((results / "metrics.json").read_text())
+    accuracy = table[test_file[:-len(".tsv")]]["accuracy"]
+    label, share = majority_baseline(str(DEMO / "data" / test_file), label_column)
+    print(f"{part}: {time.time() - start:.0f} s; test accuracy {accuracy:.3f} (majority class {label!r}: {share:.3f})")
+    return {"test": {"accuracy": accuracy, "majority_baseline": share, "majority_class": label}}
+
+
 def print_table(metrics: Dict) -> None:
     print("\n== demo results (synthetic data; see README.md) ==")
     if "caption" in metrics:
@@ -160,11 +195,17 @@ def print_table(metrics: Dict) -> None:
                 other = metrics[f"{set_name}_unrestricted_decoding"][split]["Acc@0.5"]
                 print(f"{set_name} {split:<6} Acc@0.5 {values['Acc@0.5']:.3f} (unrestricted decoding {other:.3f}), "
                       f"mIoU {values['mIoU']:.3f}")
+    for part in CANDIDATE_PARTS:
+        if part in metrics:
+            test = metrics[part]["test"]
+            print(f"{part} test: accuracy {test['accuracy']:.3f} (majority-class baseline "
+                  f"{test['majority_baseline']:.3f}, always {test['majority_class']!r})")
 
 
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--all", action="store_true", help="also caption stage 2, refcoco+ and refcocog")
+    parser.add_argument("--all", action="store_true",
+                        help="also caption stage 2, refcoco+, refcocog, snli_ve and image_classify")
     parser.add_argument("--only", choices=list(PART_RECIPES), help="run a single part")
     args = parser.parse_args(argv)
     start = time.time()
@@ -172,7 +213,7 @@ def main(argv: List[str] = None) -> None:
     if args.only:
         parts = [args.only]
     elif args.all:
-        parts = ["caption", "caption_stage2", "refcoco", "refcocoplus", "refcocog"]
+        parts = ["caption", "caption_stage2", "refcoco", "refcocoplus", "refcocog", "snli_ve", "image_classify"]
     else:
         parts = ["caption", "refcoco"]
     while starts_from(parts[0]) and not best_checkpoint(starts_from(parts[0])).is_file():
@@ -187,6 +228,8 @@ def main(argv: List[str] = None) -> None:
             metrics["caption"] = caption()
         elif part == "caption_stage2":
             metrics["caption_stage2"] = caption_stage2()
+        elif part in CANDIDATE_PARTS:
+            metrics[part] = candidate_part(part)
         else:
             results = grounding(part)
             metrics[part] = results["restricted"]

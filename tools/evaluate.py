@@ -1,4 +1,5 @@
-"""Evaluate a caption or refcoco checkpoint on one or more splits: predictions to JSON, metrics printed.
+"""Evaluate a caption, refcoco, snli_ve or image_classify checkpoint on one or more splits: predictions to JSON,
+metrics printed.
 
     python -m ofa_el.tools.evaluate A.tsv[,B.tsv,...] --path checkpoint_best.pt [--bpe-dir BPE] \
         --results-path results/caption [--beam 5 ...] [--metrics-json out.json]
@@ -10,7 +11,9 @@ Each file is a split named after it (``refcoco_testA.tsv`` -> ``refcoco_testA``)
 ``<results-path>/<split>_predict.json``. Caption writes ``[{"image_id", "caption"}]`` and reports
 BLEU-4, METEOR, ROUGE-L and CIDEr (pycocoevalcap against the TSV's references; SPICE is skipped
 because it needs downloads). Refcoco writes ``[{"uniq_id", "box"}]`` and reports Acc@0.5 and mean
-IoU. A table of every split's metrics is printed at the end (and written by ``--metrics-json``).
+IoU. SNLI-VE and image classification score every candidate answer (yes/no/maybe; every class of
+``--ans2label-file``), write ``[{"uniq_id", "answer"}]`` and report the accuracy. A table of every
+split's metrics is printed at the end (and written by ``--metrics-json``).
 A progress bar (items/s, elapsed time) goes to stderr. Caption metrics need ``java`` on PATH
 (PTB tokenizer, METEOR): its absence is reported before any generation starts.
 """
@@ -44,6 +47,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--selected-cols", default=None, help="default: the task's (caption: 1,4,2 for image ids)")
     parser.add_argument("--results-path", default="results", help="directory for <gen-subset>_predict.json")
     parser.add_argument("--metrics-json", default=None, help="also write the metrics to this JSON file")
+    parser.add_argument("--ans2label-file", default=None,
+                        help="image_classify: the class list (default: the checkpoint's --ans2label-file)")
     add_generation_options(parser)
     return parser.parse_args(argv)
 
@@ -116,6 +121,8 @@ def load(args: argparse.Namespace):
                  "bpe_dir": bpe_dir_for(args, task_cfg)}
     if args.selected_cols:
         overrides["selected_cols"] = args.selected_cols
+    if getattr(args, "ans2label_file", None):  # callers that build their own Namespace may leave it out
+        overrides["ans2label_file"] = args.ans2label_file
     apply_overrides(state, overrides)
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], state=state)
     model = models[0]
@@ -193,6 +200,20 @@ def evaluate_refcoco(args, path, model, task, use_cuda) -> Dict[str, float]:
     return {"Acc@0.5": scores["acc"], "mIoU": scores["miou"], "n": scores["count"]}
 
 
+def evaluate_candidates(args, path, model, task, use_cuda) -> Dict[str, float]:
+    """A fixed-candidate task (snli_ve, image_classify): each sample's answer by all-candidate scoring, and the
+    mean of its ``ref_dict`` score (the gold answer's 1.0, so the accuracy)."""
+    predictions, total = [], 0.0
+    with torch.no_grad():
+        for sample in batches(task, path, args.batch_size, use_cuda):
+            answers = task.predict_answers(model, sample, "allcand")
+            total += sum(task.answer_scores(answers, sample["ref_dict"]))
+            predictions += [{"uniq_id": uniq_id.item() if hasattr(uniq_id, "item") else uniq_id, "answer": answer}
+                            for uniq_id, answer in zip(sample["id"], answers)]
+    write_json(args, path, predictions)
+    return {"accuracy": total / max(1, len(predictions)), "n": len(predictions)}
+
+
 def split_name(path: str) -> str:
     return Path(path).name.rsplit(".tsv", 1)[0]
 
@@ -217,9 +238,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     check_checkpoint_file(args.path, "--path")  # an empty or text file: one line, not torch's traceback
     check_bpe_dir(args.bpe_dir)
     model, cfg, task, use_cuda = load(args)
-    evaluators = {"caption": evaluate_caption, "refcoco": evaluate_refcoco}
+    evaluators = {"caption": evaluate_caption, "refcoco": evaluate_refcoco, "snli_ve": evaluate_candidates,
+                  "image_classify": evaluate_candidates}
     if cfg.task._name not in evaluators:
-        raise UserError(f"{args.path} was trained with task {cfg.task._name!r}; expected caption or refcoco")
+        raise UserError(f"{args.path} was trained with task {cfg.task._name!r}; expected one of "
+                        f"{', '.join(evaluators)}")
     if cfg.task._name == "caption":
         require_java()
     table = {split_name(path): evaluators[cfg.task._name](args, path, model, task, use_cuda) for path in paths}

@@ -63,6 +63,8 @@ ENTRY_MODULES = {"train": "ofa_el.tools.train", "evaluate": "ofa_el.tools.evalua
 _VAR = re.compile(r"\$\{(\w+)\}")
 #: Recipe flags that train in float16: GPU recipes (OFA's stage 1 uses --fp16, stage 2 --memory-efficient-fp16).
 HALF_PRECISION_FLAGS = ("fp16", "memory-efficient-fp16")
+#: Tasks whose training images go through OFA's random augmentation (data/augment.py): the start lines say whose.
+AUGMENTING_TASKS = ("image_classify",)
 RECIPE_KEYS = {"description", "extends", "entry", "env", "data", "global_batch_size", "args", "demo"}
 
 
@@ -318,6 +320,14 @@ def environment_line() -> str:
             f"fairseq {fairseq_version}, ofa_el from {origin}")
 
 
+def augmentation_line(argv: List[str]) -> str:
+    """Which implementation of OFA's training augmentation the run will use (timm's, or ofa_el's on PIL)."""
+    from ..data.augment import describe_augmentation_backend
+
+    backend = flag_value(argv, "--augmentation-backend") or "auto"
+    return f"image augmentation ({backend}): " + (describe_augmentation_backend() if backend == "auto" else backend)
+
+
 def check_device(argv: List[str]) -> None:
     """Half precision is for a CUDA GPU (fairseq 0.12's ``--fp16`` optimizer needs one; ``--memory-efficient-fp16``
     would crawl on a CPU): say so before anything starts, unless ``--cpu`` asks for the CPU explicitly."""
@@ -387,6 +397,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             processes = layout["nproc_per_node"] * layout["nnodes"]
             print(processes_line(layout, gpus, os.environ), flush=True)
             print(global_batch_line(cmd, processes), flush=True)
+            if flag_value(cmd, "--task") in AUGMENTING_TASKS:
+                print(augmentation_line(cmd), flush=True)
             check_device(cmd)
         if not args.dry_run:
             check_launch(entry, entry_arguments(cmd, entry), processes=processes, resume=args.resume, demo=demo)

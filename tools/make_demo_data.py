@@ -12,6 +12,10 @@ Files (named like OFA's released ones):
   (caption_stage2_train.tsv: the stage-1 train images, one line per image, references joined by ``&&``;
    written by :func:`write_caption_stage2_train`, which the demo's caption_stage2 part calls)
   refcoco{,plus,g}_*.tsv     uniq-id, image-id, expression, "x0,y0,x1,y1", base64 JPEG
+  snli_ve_{train,dev,test}.tsv   uniq-id, image-id, base64 JPEG, hypothesis, caption, label (SNLI-VE's layout):
+                             statements the image entails, contradicts or leaves open
+  image_classify_{train,val,test}.tsv, class2label_new.pkl   base64 JPEG, label index, class name (ImageNet's
+                             layout) for 24 colour-shape classes, and OFA's pickled class list
   bpe/encoder.json, bpe/vocab.bpe, bpe/dict.txt   a byte-level BPE readable by fairseq's GPT2BPE
 
 RefCOCO variants, as in the real sets: ``refcoco`` may use absolute location words,
@@ -26,6 +30,7 @@ import base64
 import io
 import json
 import os
+import pickle
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -286,6 +291,110 @@ def write_refcoco_sets(out: str, rng: random.Random, train_images: int, eval_ima
     return texts
 
 
+# -- visual entailment (SNLI-VE) and classification -------------------------------------------
+
+#: Statements about a shape that the image can neither confirm nor refute (SNLI-VE's "neutral").
+UNDECIDABLE = ("is made of wood", "is made of glass", "was drawn by a child", "was drawn by a machine", "is heavy",
+               "is very old", "is warm", "belongs to a teacher")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+
+
+def entailment_row(rng: random.Random, shapes: Sequence[Shape], label: str, width: int, height: int) -> str:
+    """A hypothesis about the drawn ``shapes`` that the image entails, contradicts or leaves open (``label``)."""
+    present = {(s.kind, s.colour) for s in shapes}
+    shape = rng.choice(shapes)
+    if label == "neutral":
+        return f"the {shape.name} {rng.choice(UNDECIDABLE)}"
+    form = rng.choice(("exists", "count", "where"))
+    if form == "count":
+        count = len(shapes) if label == "entailment" else rng.choice([n for n in (1, 2, 3) if n != len(shapes)])
+        return f"there {'is' if count == 1 else 'are'} {NUMBER_WORDS[count]} shape{'' if count == 1 else 's'}"
+    if form == "where":
+        where = position_phrase(shape, width, height)
+        if label == "contradiction":
+            where = rng.choice([w for w in ("top left", "top right", "bottom left", "bottom right", "center")
+                                if w != where and not set(w.split()) & set(where.split())])
+        return f"the {shape.name} is at the {where}"
+    if label == "contradiction":
+        absent = [(kind, colour) for kind in SHAPES for colour in COLOURS if (kind, colour) not in present]
+        kind, colour = rng.choice(absent)
+        return rng.choice([f"there is a {colour} {kind}", f"the image shows a {colour} {kind}"])
+    return rng.choice([f"there is a {shape.name}", f"the image shows a {shape.name}"])
+
+
+def make_snli_ve_rows(rng: random.Random, count: int, first_image_id: int, size: int = 64
+                      ) -> List[Tuple[str, str, str, str, str, str]]:
+    """Rows ``(uniq-id, image-id, image, hypothesis, caption, label)``, three hypotheses per image with labels
+    drawn uniformly; the caption (the text premise) names one of the 1-3 shapes, as a caption need not name
+    everything, so most hypotheses need the image."""
+    rows = []
+    image_id = first_image_id
+    min_side, max_side = size // 5, size * 2 // 5
+    while len(rows) < count:
+        kinds_colours = list({(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(rng.randint(1, 3))})
+        shapes = place_shapes(rng, size, size, sorted(kinds_colours), min_side, max_side)
+        if shapes is None:
+            continue
+        image_id += 1
+        image = render(rng, size, size, shapes)
+        caption = f"a picture with a {rng.choice(shapes).name}"
+        written = set()
+        for k in range(min(3, count - len(rows))):
+            label = rng.choice(("entailment", "contradiction", "neutral"))
+            hypothesis = entailment_row(rng, shapes, label, size, size)
+            for _ in range(20):  # three different statements per image where the templates allow
+                if hypothesis not in written:
+                    break
+                hypothesis = entailment_row(rng, shapes, label, size, size)
+            written.add(hypothesis)
+            rows.append((f"{image_id}.jpg#{k}", str(image_id), image, hypothesis, caption, label))
+    return rows
+
+
+def write_snli_ve_sets(out: str, seed: int, sizes: Dict[str, int]) -> None:
+    """snli_ve_{train,dev,test}.tsv, from their own random stream (the other files do not depend on them)."""
+    rng = random.Random(f"{seed}:snli_ve")
+    image_id = 200_000
+    for split in ("train", "dev", "test"):
+        rows = make_snli_ve_rows(rng, sizes[split], image_id)
+        image_id += len(rows)
+        write_tsv(os.path.join(out, f"snli_ve_{split}.tsv"), rows)
+
+
+#: The demo's classes: every colour x shape, named like ImageNet's synset words ("red circle").
+DEMO_CLASSES = tuple(f"{colour} {kind}" for kind in SHAPES for colour in COLOURS)
+
+
+def make_classify_rows(rng: random.Random, count: int, size: int = 64) -> List[Tuple[str, str, str]]:
+    """Rows ``(image, 1-based label index, class name)`` as in OFA's ImageNet files: one shape per image,
+    a third to two thirds of the side, so that most random crops still show it."""
+    rows = []
+    while len(rows) < count:
+        label = rng.randrange(len(DEMO_CLASSES))
+        colour, kind = DEMO_CLASSES[label].split(" ")
+        shapes = place_shapes(rng, size, size, [(kind, colour)], size // 3, size * 2 // 3)
+        if shapes is not None:
+            rows.append((render(rng, size, size, shapes), str(label + 1), DEMO_CLASSES[label]))
+    return rows
+
+
+def write_image_classify_sets(out: str, seed: int, sizes: Dict[str, int]) -> None:
+    """image_classify_{train,val,test}.tsv and the class list as OFA's ``class2label_new.pkl`` ({name: index})."""
+    rng = random.Random(f"{seed}:image_classify")
+    for split in ("train", "val", "test"):
+        write_tsv(os.path.join(out, f"image_classify_{split}.tsv"), make_classify_rows(rng, sizes[split]))
+    with open(os.path.join(out, "class2label_new.pkl"), "wb") as handle:
+        pickle.dump({name: index for index, name in enumerate(DEMO_CLASSES)}, handle, protocol=4)
+
+
+def majority_baseline(path: str, column: int) -> Tuple[str, float]:
+    """The commonest value of ``column`` in a TSV file and its share of the rows: what always answering it scores."""
+    with open(path, encoding="utf-8") as handle:
+        counts = Counter(line.rstrip("\n").split("\t")[column] for line in handle)
+    value, hits = counts.most_common(1)[0]
+    return value, hits / sum(counts.values())
+
+
 # -- BPE ---------------------------------------------------------------------------------------
 
 def write_bpe(out_dir: str, texts: Sequence[str], vocab_size: int) -> None:
@@ -314,8 +423,13 @@ def write_bpe(out_dir: str, texts: Sequence[str], vocab_size: int) -> None:
 
 def make_demo_data(out: str, seed: int = 0, image_size: int = 64, train_images: int = 1500, val_images: int = 100,
                    test_images: int = 100, refcoco_train_images: int = 1500, refcoco_eval_images: int = 100,
-                   bpe_vocab_size: int = 600, refcoco_object_sides: Tuple[float, float] = REFCOCO_OBJECT_SIDES
-                   ) -> None:
+                   bpe_vocab_size: int = 600, refcoco_object_sides: Tuple[float, float] = REFCOCO_OBJECT_SIDES,
+                   vqa_train_images: int = 0, vqa_eval_images: int = 100,
+                   snli_ve_rows: Optional[Tuple[int, int, int]] = None,
+                   classify_rows: Optional[Tuple[int, int, int]] = None) -> None:
+    """The demo files under ``out``; the snli_ve and image_classify sets only when their (train, val, test) row
+    counts are given (the command line writes them by default; they draw from their own random streams, so the
+    other files are the same with or without them)."""
     os.makedirs(out, exist_ok=True)
     rng = random.Random(seed)
     texts = write_caption_sets(out, rng, {"train": train_images, "val": val_images, "test": test_images}, image_size)
@@ -323,6 +437,13 @@ def make_demo_data(out: str, seed: int = 0, image_size: int = 64, train_images: 
     if refcoco_train_images > 0:
         texts += write_refcoco_sets(out, rng, refcoco_train_images, refcoco_eval_images, refcoco_object_sides)
     write_bpe(os.path.join(out, "bpe"), texts, bpe_vocab_size)
+    if vqa_train_images > 0:  # after the BPE: byte-level, it encodes the questions without them in its corpus
+        from .make_demo_vqa import write_vqa_sets
+        write_vqa_sets(out, seed, vqa_train_images, vqa_eval_images, image_size)
+    if snli_ve_rows:  # not in the BPE corpus: a byte-level BPE encodes any text
+        write_snli_ve_sets(out, seed, dict(zip(("train", "dev", "test"), snli_ve_rows)))
+    if classify_rows:
+        write_image_classify_sets(out, seed, dict(zip(("train", "val", "test"), classify_rows)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -340,7 +461,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="MIN,MAX side of the refcoco shapes as fractions of the image's shorter side "
                              "(default: 1/4,1/2)")
     parser.add_argument("--bpe-vocab-size", type=int, default=600, help="BPE vocabulary size, >= 256 (the bytes)")
+    parser.add_argument("--vqa-train-images", type=int, default=0,
+                        help="images of vqa_train.tsv (3 questions each; see make_demo_vqa.py); 0 writes no VQA sets")
+    parser.add_argument("--vqa-eval-images", type=int, default=100, help="images of vqa_val.tsv and vqa_test.tsv")
+    parser.add_argument("--snli-ve-rows", default="3000,300,300", help="TRAIN,DEV,TEST rows of the snli_ve files")
+    parser.add_argument("--classify-rows", default="2400,240,240",
+                        help="TRAIN,VAL,TEST rows of the image_classify files")
     args = parser.parse_args(argv)
+    row_counts = {}
+    for flag in ("snli_ve_rows", "classify_rows"):
+        try:
+            row_counts[flag] = tuple(int(n) for n in getattr(args, flag).split(","))
+        except ValueError:
+            row_counts[flag] = ()
+        if len(row_counts[flag]) != 3 or min(row_counts[flag]) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be three positive row counts TRAIN,VAL,TEST, got "
+                         f"{getattr(args, flag)!r}")
     try:
         sides = REFCOCO_OBJECT_SIDES if args.refcoco_object_sides is None else tuple(
             float(f) for f in args.refcoco_object_sides.split(","))
@@ -358,8 +494,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error("--refcoco-train-images must be >= 0 and --refcoco-eval-images >= 1")
     if args.bpe_vocab_size < 256:
         parser.error("--bpe-vocab-size must be at least 256")
+    if args.vqa_train_images < 0 or args.vqa_eval_images < 1:
+        parser.error("--vqa-train-images must be >= 0 and --vqa-eval-images >= 1")
     make_demo_data(args.out, args.seed, args.image_size, args.train_images, args.val_images, args.test_images,
-                   args.refcoco_train_images, args.refcoco_eval_images, args.bpe_vocab_size, sides)
+                   args.refcoco_train_images, args.refcoco_eval_images, args.bpe_vocab_size, sides,
+                   args.vqa_train_images, args.vqa_eval_images, row_counts["snli_ve_rows"],
+                   row_counts["classify_rows"])
 
 
 if __name__ == "__main__":

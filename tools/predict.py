@@ -1,4 +1,4 @@
-"""Try a trained caption or refcoco checkpoint on your own pictures.
+"""Try a trained caption, refcoco, snli_ve or image_classify checkpoint on your own pictures.
 
     python -m ofa_el.tools.predict --path caption_best.pt --image photo.jpg [photo2.png ...]
     python -m ofa_el.tools.predict --path refcoco_best.pt --image photo.jpg --text "the man on the left" \
@@ -10,6 +10,12 @@ image (``photo.jpg: 12.3,45.6,200.1,300.0 for "the man on the left"``); ``--json
 instead. ``--draw`` writes the image with the box outlined in red: a file name for one image; for
 several, an existing folder (``<folder>/<image stem>.png``) or a name holding ``{stem}``
 (``boxes/{stem}_box.jpg``).
+
+An snli_ve checkpoint needs ``--text`` (the hypothesis; ``--caption``, the text premise, when it was
+trained with ``--add-caption``) and prints yes, no or maybe (``photo.jpg: yes for "two dogs run"``).
+An image_classify checkpoint prints the class name of each image (``photo.jpg: rugby ball``), chosen
+among the classes of its ``--ans2label-file`` (``--ans2label-file`` here replaces that list). Both
+score every candidate, as evaluation does.
 
 Any image PIL reads works (JPEG, PNG, greyscale, RGBA, palette: converted to RGB as in training).
 Generation uses evaluation's options and defaults (beam 5; caption: max-len-b 16, min-len 1;
@@ -42,11 +48,15 @@ from .. import claim_folder_name
 from .errors import UserError, quiet_logs, run_cli
 from .evaluate import add_generation_options, apply_overrides, bpe_dir_for, generation_args, ignore_training_settings
 
-TASKS = ("caption", "refcoco")
+TASKS = ("caption", "refcoco", "snli_ve", "image_classify")
+#: Tasks whose answer is one of a fixed set, predicted by scoring every candidate.
+CANDIDATE_TASKS = ("snli_ve", "image_classify")
 #: The caption column of a caption row; evaluation rows need a non-empty one, generation never reads it.
 PLACEHOLDER_CAPTION = "unused"
 #: The column layout of the temporary TSV: the tasks' own field order.
-SELECTED_COLS = {"caption": "0,1,2", "refcoco": "0,1,2,3"}
+SELECTED_COLS = {"caption": "0,1,2", "refcoco": "0,1,2,3", "snli_ve": "0,1,2,3,4", "image_classify": "0,1"}
+#: The label column of an snli_ve row (a placeholder: predictions never read it).
+PLACEHOLDER_LABEL = "entailment"
 BOX_COLOUR = (255, 0, 0)
 
 
@@ -64,7 +74,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", required=True, help="checkpoint file (caption or refcoco task)")
     parser.add_argument("--image", required=True, nargs="+", help="image file(s), any format PIL reads")
-    parser.add_argument("--text", default=None, help="refcoco: the referring expression (the same for every image)")
+    parser.add_argument("--text", default=None, help="refcoco: the referring expression; snli_ve: the hypothesis "
+                                                     "(the same for every image)")
+    parser.add_argument("--caption", default=None,
+                        help="snli_ve trained with --add-caption: the text premise (the same for every image)")
+    parser.add_argument("--ans2label-file", default=None,
+                        help="image_classify: the class list (default: the checkpoint's --ans2label-file)")
     parser.add_argument("--draw", default=None,
                         help="refcoco: write the image with its box drawn: a file for one image; for several a "
                              "folder (<folder>/<stem>.png) or a name holding {stem}")
@@ -137,39 +152,63 @@ def check_options(args: argparse.Namespace, task_name: str) -> None:
     """Options that only make sense for one of the tasks."""
     if task_name == "refcoco" and args.text is None:
         raise UserError("this checkpoint was trained for refcoco: pass --text (the referring expression)")
-    if task_name == "caption" and args.text is not None:
-        raise UserError("--text: this checkpoint was trained for caption, which describes the whole image "
+    if task_name == "snli_ve" and args.text is None:
+        raise UserError("this checkpoint was trained for snli_ve: pass --text (the hypothesis)")
+    if task_name in ("caption", "image_classify") and args.text is not None:
+        raise UserError(f"--text: this checkpoint was trained for {task_name}, which describes the whole image "
                         "and takes no text")
-    if task_name == "caption" and args.draw is not None:
-        raise UserError("--draw: this checkpoint was trained for caption; boxes come from refcoco checkpoints")
-    if task_name == "caption" and args.unrestricted_decoding:
+    if task_name != "refcoco" and args.draw is not None:
+        raise UserError(f"--draw: this checkpoint was trained for {task_name}; boxes come from refcoco checkpoints")
+    if task_name != "refcoco" and args.unrestricted_decoding:
         raise UserError("--unrestricted-decoding: only for refcoco checkpoints")
+    if task_name != "snli_ve" and args.caption is not None:
+        raise UserError("--caption: only for snli_ve checkpoints (the text premise)")
+    if task_name != "image_classify" and args.ans2label_file is not None:
+        raise UserError("--ans2label-file: only for image_classify checkpoints (the class list)")
 
 
-def expression_text(text: str, task_cfg) -> str:
+def expression_text(text: str, task_cfg, flag: str = "--text") -> str:
     """``--text`` as a TSV field (a field holds no tab or line break), checked to survive the dataset's cleaning."""
     from ..data.text import pre_caption
 
     one_line = " ".join(text.split())
     if not pre_caption(one_line, task_cfg.max_src_length):
-        raise UserError(f"--text {text!r}: nothing is left after OFA's text cleaning")
+        raise UserError(f"{flag} {text!r}: nothing is left after OFA's text cleaning")
     return one_line
 
 
-def write_rows(tsv: Path, task_name: str, images: Sequence[InputImage], text: Optional[str]) -> None:
+def premise_text(caption: Optional[str], task_cfg) -> Optional[str]:
+    """``--caption`` as a TSV field; required by an snli_ve checkpoint trained with ``--add-caption``."""
+    if not task_cfg.get("add_caption", False):
+        if caption is not None:
+            raise UserError("--caption: this snli_ve checkpoint was trained without --add-caption; its prompt holds "
+                            "the hypothesis only")
+        return None
+    if caption is None:
+        raise UserError("this snli_ve checkpoint was trained with --add-caption: pass --caption (the text premise)")
+    return expression_text(caption, task_cfg, "--caption")
+
+
+def write_rows(tsv: Path, task_name: str, images: Sequence[InputImage], text: Optional[str],
+               caption: Optional[str] = None, class_name: Optional[str] = None) -> None:
     """One row per image in the task's field order; the unused target is a placeholder the row checks accept
-    (for refcoco a 1x1 box in the corner: inside any image, and within the bins whatever the image size)."""
+    (for refcoco a 1x1 box in the corner: inside any image, and within the bins whatever the image size; for
+    image_classify the first class: image_classify's ids are row positions, the others' the first column)."""
     with open(tsv, "w", encoding="utf-8", newline="\n") as out:
         for index, item in enumerate(images):
             if task_name == "caption":
                 fields = [str(index), item.field, PLACEHOLDER_CAPTION]
+            elif task_name == "snli_ve":
+                fields = [str(index), item.field, text, caption or PLACEHOLDER_CAPTION, PLACEHOLDER_LABEL]
+            elif task_name == "image_classify":
+                fields = [item.field, class_name]
             else:
                 fields = [str(index), item.field, text, "0,0,1,1"]
             out.write("\t".join(fields) + "\n")
 
 
 def image_batches(task, task_name: str, images: Sequence[InputImage], text_field: Optional[str], batch_size: int,
-                  use_cuda: bool) -> Iterator[Dict[str, Any]]:
+                  use_cuda: bool, caption_field: Optional[str] = None) -> Iterator[Dict[str, Any]]:
     """The images as the task's dataset reads them from a TSV, collated as evaluation collates them; a row the
     dataset rejects is reported with its image file."""
     from fairseq import utils
@@ -178,7 +217,8 @@ def image_batches(task, task_name: str, images: Sequence[InputImage], text_field
 
     with tempfile.TemporaryDirectory(prefix="ofa_el_predict_") as folder:
         tsv = Path(folder) / "images.tsv"
-        write_rows(tsv, task_name, images, text_field)
+        write_rows(tsv, task_name, images, text_field, caption=caption_field,
+                   class_name=task.candidates.answers[0] if task_name == "image_classify" else None)
         try:
             dataset = task.build_dataset(str(tsv), "test")
             for sample in task.get_batch_iterator(dataset, max_sentences=batch_size).next_epoch_itr(shuffle=False):
@@ -189,8 +229,19 @@ def image_batches(task, task_name: str, images: Sequence[InputImage], text_field
 
 
 def predict(args: argparse.Namespace, task_name: str, model, task, images: List[InputImage], text_field: Optional[str],
-            use_cuda: bool) -> None:
-    """Fill each image's ``result``: its caption, or its box in original-image pixels (None for a non-bin token)."""
+            use_cuda: bool, caption_field: Optional[str] = None) -> None:
+    """Fill each image's ``result``: its caption, its box in original-image pixels (None for a non-bin token), or
+    its answer among the task's candidates (snli_ve: yes/no/maybe; image_classify: a class name)."""
+    if task_name in CANDIDATE_TASKS:
+        with torch.no_grad():
+            for sample in image_batches(task, task_name, images, text_field, args.batch_size, use_cuda,
+                                        caption_field):
+                for index, answer in zip(sample["id"].tolist(), task.predict_answers(model, sample, "allcand")):
+                    item = images[int(index)]
+                    item.result = {"image": item.path, "answer": answer}
+                    if task_name == "snli_ve":
+                        item.result["text"] = args.text
+        return
     if task_name == "refcoco":
         task.cfg.unrestricted_decoding = args.unrestricted_decoding
         generator, decoding_model = task.box_generator(model, generation_args(args, task_name))
@@ -212,8 +263,11 @@ def load_model(args: argparse.Namespace, state: Dict[str, Any], use_cuda: bool):
     from fairseq import checkpoint_utils
 
     task_cfg = state["cfg"].task
-    apply_overrides(state, {**ignore_training_settings(args.path, task_cfg), "bpe_dir": bpe_dir_for(args, task_cfg),
-                            "selected_cols": SELECTED_COLS[task_cfg._name], "skip_invalid_rows": False})
+    overrides = {**ignore_training_settings(args.path, task_cfg), "bpe_dir": bpe_dir_for(args, task_cfg),
+                 "selected_cols": SELECTED_COLS[task_cfg._name], "skip_invalid_rows": False}
+    if args.ans2label_file is not None:
+        overrides["ans2label_file"] = args.ans2label_file
+    apply_overrides(state, overrides)
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.path], state=state)
     model = (models[0].cuda() if use_cuda else models[0]).eval()
     return model, task
@@ -234,6 +288,9 @@ def draw_box(image: Image.Image, box: Sequence[float], target: Path) -> None:
 def result_line(result: Dict[str, Any]) -> str:
     if "caption" in result:
         return f"{result['image']}: {result['caption']}"
+    if "answer" in result:
+        hypothesis = f" for {json.dumps(result['text'])}" if "text" in result else ""
+        return f"{result['image']}: {result['answer']}{hypothesis}"
     if result["box"] is None:
         return (f"{result['image']}: no box for {json.dumps(result['text'])} (the decoder emitted a non-bin token; "
                 "drop --unrestricted-decoding)")
@@ -254,11 +311,12 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     task_name = state["cfg"].task._name
     check_options(args, task_name)
     targets = draw_targets(args.draw, images) if args.draw is not None else []
-    text_field = expression_text(args.text, state["cfg"].task) if task_name == "refcoco" else None
+    text_field = expression_text(args.text, state["cfg"].task) if task_name in ("refcoco", "snli_ve") else None
+    caption_field = premise_text(args.caption, state["cfg"].task) if task_name == "snli_ve" else None
     use_cuda = torch.cuda.is_available() and not args.cpu
     model, task = load_model(args, state, use_cuda)
 
-    predict(args, task_name, model, task, images, text_field, use_cuda)
+    predict(args, task_name, model, task, images, text_field, use_cuda, caption_field)
     results = [item.result for item in images]
     for item, target in zip(images, targets):
         if item.result["box"] is None:

@@ -50,12 +50,15 @@ class OFAAttention(nn.Module):
         if saved is not None and static_kv and "prev_key" in saved:
             k, v = saved["prev_key"], saved["prev_value"]  # the encoder's keys never change
         else:
-            k, v = self._heads(self.k_proj(key), bsz), self._heads(self.v_proj(key), bsz)
+            k, v = self._heads(self.k_proj(key), key.size(1)), self._heads(self.v_proj(key), key.size(1))
             if saved is not None and not static_kv and "prev_key" in saved:
                 k = torch.cat([saved["prev_key"], k], dim=2)
                 v = torch.cat([saved["prev_value"], v], dim=2)
         if incremental_state is not None:
             self._set_input_buffer(incremental_state, {"prev_key": k, "prev_value": v})
+        if static_kv and k.size(0) != bsz:
+            out = self._shared_key_attention(q, k, v, key_padding_mask, attn_bias)
+            return self.out_proj(out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)), None
         src_len = k.size(2)
         scores = torch.matmul(q, k.transpose(2, 3))  # [B, H, T_q, T_k]
         if attn_bias is not None:
@@ -70,6 +73,34 @@ class OFAAttention(nn.Module):
             out = out * self.c_attn.view(1, -1, 1, 1)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)
         return self.out_proj(out), None
+
+    def _shared_key_attention(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
+                              attn_bias: Optional[Tensor]) -> Tensor:
+        """Cross-attention of ``G`` query rows per key row: q ``[B*G, H, T, D]`` (rows of key row ``b`` are
+        ``b*G .. b*G+G-1``), k/v ``[B, H, S, D]``, bias ``[B*H, T, S]``, padding ``[B, S]`` -> ``[B*G, H, T, D]``.
+
+        All-candidate scoring decodes every candidate answer of a sample over the same encoder output: the
+        queries of one sample's candidates attend its keys in one matmul, so the encoder output is neither
+        copied per candidate nor projected to keys and values per candidate (the cost that dominates a
+        decoder pass over an image's ~900 encoder positions).
+        """
+        rows, heads, tgt_len, head_dim = q.shape
+        key_rows, src_len = k.size(0), k.size(2)
+        if rows % key_rows:
+            raise ValueError(f"{rows} query rows cannot share {key_rows} encoder rows evenly")
+        group = rows // key_rows
+        q = q.view(key_rows, group, heads, tgt_len, head_dim).transpose(1, 2).reshape(
+            key_rows, heads, group * tgt_len, head_dim)
+        scores = torch.matmul(q, k.transpose(2, 3)).view(key_rows, heads, group, tgt_len, src_len)
+        if attn_bias is not None:
+            scores = scores + attn_bias.view(key_rows, heads, 1, tgt_len, src_len)
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, None, :].to(torch.bool), float("-inf"))
+        probs = self.dropout_module(torch.softmax(scores.float(), dim=-1).type_as(scores))
+        out = torch.matmul(probs.view(key_rows, heads, group * tgt_len, src_len), v)
+        out = out.view(key_rows, heads, group, tgt_len, head_dim).transpose(1, 2).reshape(
+            rows, heads, tgt_len, head_dim)
+        return out * self.c_attn.view(1, -1, 1, 1) if self.c_attn is not None else out
 
     def reorder_incremental_state(self, incremental_state: IncrementalState, new_order: Tensor) -> None:
         """Follow the beam search's reordering of hypotheses.

@@ -245,8 +245,11 @@ class OFADecoder(FairseqIncrementalDecoder):
         query_pos = self.pos_ln(target_pos)
         self_bias = absolute_bias(self.self_pos_q_linear, self.self_pos_k_linear, query_pos, query_pos,
                                   self.num_heads, self.pos_scaling)
-        cross_bias = absolute_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, query_pos,
-                                   encoder_out["position_embeddings"][0], self.num_heads, self.pos_scaling)
+        # every row has the same query positions; the encoder may hold fewer rows than the decoder (rows
+        # grouped per encoder row: all-candidate scoring), so the cross bias is per encoder row
+        key_pos = encoder_out["position_embeddings"][0]
+        cross_bias = absolute_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, query_pos[:key_pos.size(0)],
+                                   key_pos, self.num_heads, self.pos_scaling)
         tokens = prev_output_tokens
         if incremental_state is not None:  # biases are for the whole prefix; only the last query row is new
             tokens, target_pos = tokens[:, -1:], target_pos[:, -1:]
