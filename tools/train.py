@@ -104,14 +104,16 @@ def resume_or_restore(argv: List[str], log=print) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> None:
     from fairseq_cli import train
 
-    from .. import claim_folder_name
+    from .. import claim_folder_name, precision
 
     claim_folder_name()
     quiet_logs()
     argv = with_user_dir(list(sys.argv[1:] if argv is None else argv))
     argv = resume_or_restore(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
+    argv = precision.prefer_bf16(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
     sys.argv = [sys.argv[0]] + with_cpu_torchrun(argv)
-    train.cli_main()
+    with precision.cuda_bfloat16(argv):  # --bf16: bfloat16 on CUDA/CPU, not fairseq's TPU mode
+        train.cli_main()
 
 
 if __name__ == "__main__":
