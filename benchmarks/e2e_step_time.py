@@ -43,7 +43,8 @@ CRITERIA = {
 
 
 def placement(device: str) -> List[str]:
-    return ["--cpu"] if device == "cpu" else ["--fp16"] if device == "cuda-fp16" else []
+    flags = {"cpu": ["--cpu"], "cpu-bf16": ["--cpu", "--bf16"], "cuda-fp16": ["--fp16"], "cuda-bf16": ["--bf16"]}
+    return flags.get(device, [])
 
 
 def seconds_per_update(cmd: List[str], updates: int) -> float:
@@ -122,32 +123,42 @@ def recipe_config(recipe_path: Path, data_dir: Path, demo: bool = True, extra: S
     return convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
 
 
+def place(cfg, device: str) -> None:
+    """Set a fairseq config's device and precision flags for one of this script's device names."""
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.common.cpu = device.startswith("cpu")
+        cfg.common.fp16 = device == "cuda-fp16"
+        cfg.common.bf16 = device.endswith("-bf16")
+        cfg.common.tpu = False
+
+
 def caption_trainers(data_dir: Path, device: str, demo: bool = True, extra: Sequence[str] = (),
-                     bpe_dir: Optional[Path] = None) -> Tuple[Any, Any, Dict[str, Any]]:
+                     bpe_dir: Optional[Path] = None, criteria: Sequence[str] = tuple(CRITERIA),
+                     ) -> Tuple[Any, Any, Dict[str, Any]]:
     """(task, config, {criterion: Trainer}) for the caption recipe: one fairseq Trainer per entry of
-    ``CRITERIA``, built from the same seed (the same initial weights), on ``device`` (cpu, cuda:
-    float32, cuda-fp16: fairseq's --fp16). The task is shared: criterion flags are not task flags."""
+    ``CRITERIA`` (or of ``criteria``), built from the same seed (the same initial weights), on ``device`` (cpu, cuda:
+    float32, cuda-fp16: fairseq's --fp16, cpu-bf16 / cuda-bf16: --bf16 as the training entry point
+    means it, see precision.py). The task is shared: criterion flags are not task flags."""
     import torch
     from fairseq import tasks
-    from omegaconf import open_dict
 
     from data_loading import build_trainer
 
     # single-process trainers, whatever fairseq infers from the visible GPUs
     extra = list(extra) + ["--distributed-world-size=1"]
-    cfgs = {name: recipe_config(CAPTION_RECIPE, data_dir, demo, flags + extra, bpe_dir)
-            for name, flags in CRITERIA.items()}
+    cfgs = {name: recipe_config(CAPTION_RECIPE, data_dir, demo, CRITERIA[name] + extra, bpe_dir) for name in criteria}
     for cfg in cfgs.values():
-        with open_dict(cfg):
-            cfg.common.cpu = device == "cpu"
-            cfg.common.fp16 = device == "cuda-fp16"
-    task = tasks.setup_task(cfgs["ce"].task)
+        place(cfg, device)
+    first = next(iter(cfgs.values()))
+    task = tasks.setup_task(first.task)
     task.load_dataset("train")
     trainers = {}
     for name, cfg in cfgs.items():
         torch.manual_seed(cfg.common.seed)  # the same initial weights
         trainers[name] = build_trainer(task, cfg)
-    return task, cfgs["ce"], trainers
+    return task, first, trainers
 
 
 def preload_batches(task, cfg, count: int) -> List[Dict[str, Any]]:
@@ -180,7 +191,7 @@ def interleaved_train_steps(trainers: Dict[str, Any], batches: Sequence[Dict[str
 
     import torch
 
-    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     times: Dict[str, List[float]] = {name: [] for name in trainers}
     for round_index in range(rounds):
         order = list(trainers) if round_index % 2 == 0 else list(reversed(list(trainers)))
@@ -228,8 +239,8 @@ def main() -> None:
                         help="ofa-demo: OFA's 8192 codes + 1000 bins in the output layer")
     parser.add_argument("--data-dir", default=str(REPO_ROOT / "demo" / "data"),
                         help="ofa-demo: the demo data (written there if missing)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "cuda-fp16"], default="cpu",
-                        help="cuda: float32 on the first GPU; cuda-fp16: fairseq's --fp16 there")
+    parser.add_argument("--device", choices=["cpu", "cuda", "cuda-fp16", "cuda-bf16"], default="cpu",
+                        help="cuda: float32 on the first GPU; cuda-fp16 / cuda-bf16: --fp16 / --bf16 there")
     args = parser.parse_args()
     what = (f"vocabulary ~{args.vocab}" if args.model == "transformer" else
             "caption demo recipe" + (", OFA's codes and bins in the vocabulary" if args.ofa_vocabulary else ""))

@@ -134,17 +134,24 @@ def write_user_dir(ofa_dir: Path, scratch: Path) -> Path:
     return shim
 
 
-def build_ofa(ofa_dir: Path, scratch: Path, arch: str, image_size: int):
-    """OFA's task and model, built by OFA's code through fairseq's parser; returns (args, task, model)."""
+def ofa_args_and_task(ofa_dir: Path, scratch: Path, arch: str, image_size: int,
+                      model_flags: Sequence[str] = CAPTION_MODEL_FLAGS):
+    """OFA's task ``ofa`` and the model arguments, parsed by fairseq with OFA's registrations; (args, task)."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     sys.path.insert(0, str(ofa_dir))  # see the module docstring: OFA's packages import as `models`, `tasks`
     user_dir = write_user_dir(ofa_dir, scratch)
     cli = ["/dev/null", f"--user-dir={user_dir}", f"--bpe-dir={ofa_dir / 'utils' / 'BPE'}", "--task=ofa",
-           f"--arch={arch}", f"--seed={SEED}", "--cpu", f"--patch-image-size={image_size}", *CAPTION_MODEL_FLAGS]
+           f"--arch={arch}", f"--seed={SEED}", "--cpu", f"--patch-image-size={image_size}", *model_flags]
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=cli)
-    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    return args, tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+
+
+def build_ofa(ofa_dir: Path, scratch: Path, arch: str, image_size: int,
+              model_flags: Sequence[str] = CAPTION_MODEL_FLAGS):
+    """OFA's task and model, built by OFA's code through fairseq's parser; returns (args, task, model)."""
+    args, task = ofa_args_and_task(ofa_dir, scratch, arch, image_size, model_flags)
     torch.manual_seed(SEED)
     model = task.build_model(copy.deepcopy(args))
     return args, task, model.eval()
@@ -373,13 +380,20 @@ def run(options: argparse.Namespace) -> Dict[str, object]:
     }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    options = parse_command_line(argv)
+def paths_usable(options: argparse.Namespace) -> bool:
+    """``--ofa-dir`` is an OFA checkout and ``--json`` can be written; else an ``error:`` line (exit status 2)."""
     try:
         check_ofa_dir(options.ofa_dir)
         check_json_path(options.json)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return False
+    return True
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    options = parse_command_line(argv)
+    if not paths_usable(options):
         return 2
     results = run(options)
     settings = results["settings"]

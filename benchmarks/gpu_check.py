@@ -18,14 +18,22 @@ run goes on; the exit status is 1 if any part failed). The JSON (--out) is rewri
   images with the same model size: items/s, non-bin tokens in the boxes (must be 0), and the share of the time
   spent reordering the decoder's incremental state.
 * nccl: with two or more GPUs, a two-process NCCL all-reduce and one DistributedDataParallel step.
+* train_step: benchmarks/train_step_vs_ofa.py beside OFA's own model (needs ``--ofa-dir``, else skipped):
+  ofa_base, the caption recipe at 480 px and the refcoco recipe at 512 px, batch 4, in float16: step time
+  and ``torch.cuda.max_memory_allocated`` as ratios ours / OFA's, after the outputs are checked equal.
+* precision: the caption recipe's EL Trainer in --fp16 and in --bf16 (as the training entry point means it,
+  precision.py), interleaved on the same batches: median step time, peak memory, fp16 overflow steps,
+  NaN losses and the loss scale; refused with the GPU's name where it has no bfloat16.
 
 --smoke uses the recipes' demo blocks (ofa_tiny at 64 px), small logits, 3 steps and 4 items per task, on CPU
-in float32; the JSON has the same keys, with "smoke": true and "device": "cpu", and goes to the temp folder
-(ofa_el_gpu_check_smoke.json) unless --out says where: results/gpu_check.json is for GPU runs only.
+in float32 (precision compares float32 with bfloat16 there, train_step runs ofa_tiny at 64 px); the JSON has
+the same keys, with "smoke": true and "device": "cpu", and goes to the temp folder (ofa_el_gpu_check_smoke.json)
+unless --out says where: results/gpu_check.json is for GPU runs only.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import math
@@ -46,11 +54,14 @@ import torch
 
 import criterion_bench
 import e2e_step_time
-from data_loading import ensure_demo_data, quiet
+import train_step_vs_ofa
+from data_loading import build_trainer, ensure_demo_data, quiet
+from generation_vs_ofa import UserError as OFADirError
+from generation_vs_ofa import check_ofa_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFCOCO_RECIPE = REPO_ROOT / "configs" / "refcoco" / "refcoco_el.yaml"
-PARTS = ("environment", "criterion", "end_to_end", "generation", "nccl")
+PARTS = ("environment", "criterion", "end_to_end", "generation", "nccl", "train_step", "precision")
 #: fused EL against fairseq's CE, on float16 logits (README_EncouragingLoss.md, "Speed and memory").
 CRITERION_TARGETS = {"fused_el_time_ratio": 1.10, "fused_el_peak_buffers": 2.2}
 END_TO_END_TARGET = 1.03
@@ -72,15 +83,23 @@ class Sizes:
     rounds: int
     items: int
     generation_batch: int
+    precision_devices: Tuple[str, str]  # e2e_step_time's device names of the two precisions compared
+    precision_batches: int
+    train_step_archs: Tuple[str, ...]
+    train_step_image_size: Optional[int]  # None: the recipes' own (480 caption, 512 refcoco)
+    train_step_batch: int
     beam: int = 5
 
 
 GPU_SIZES = Sizes(logits=(2560, 59457), dtypes=("float32", "float16"), repeats=20, demo_recipe=False,
                   train_device="cuda-fp16", recipe_extra=("--arch=ofa_base",), warmup_steps=3, step_batches=15,
-                  rounds=2, items=32, generation_batch=16)
+                  rounds=2, items=32, generation_batch=16, precision_devices=("cuda-fp16", "cuda-bf16"),
+                  precision_batches=15, train_step_archs=("ofa_base",), train_step_image_size=None,
+                  train_step_batch=4)
 SMOKE_SIZES = Sizes(logits=(128, 2048), dtypes=("float32",), repeats=3, demo_recipe=True, train_device="cpu",
                     recipe_extra=("--batch-size=8",), warmup_steps=1, step_batches=3, rounds=1, items=4,
-                    generation_batch=4)
+                    generation_batch=4, precision_devices=("cpu", "cpu-bf16"), precision_batches=1,
+                    train_step_archs=("ofa_tiny",), train_step_image_size=64, train_step_batch=2)
 
 
 @dataclass
@@ -93,6 +112,7 @@ class Check:
     data_dir: Path
     bpe_dir: Optional[Path]
     scratch: Path
+    ofa_dir: Optional[Path] = None
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -202,6 +222,26 @@ def criterion_lines(result: Dict[str, Any]) -> List[str]:
 
 
 # ---------------------------------------------------------------- end to end
+class StepWatch:
+    """Called after each timed ``train_step``: counts the steps fairseq skipped on an fp16 gradient overflow (it
+    returns no logging output for them) and NaN/inf losses, and keeps each trainer's CUDA peak."""
+
+    def __init__(self, names: List[str], cuda: bool):
+        self.cuda = cuda
+        self.overflow = {name: 0 for name in names}
+        self.nan_loss = {name: 0 for name in names}
+        self.peak = {name: 0.0 for name in names}
+
+    def __call__(self, name: str, output: Optional[Dict[str, Any]]) -> None:
+        if output is None:
+            self.overflow[name] += 1
+        elif not math.isfinite(float(output.get("loss", 0.0))):
+            self.nan_loss[name] += 1
+        if self.cuda:
+            self.peak[name] = max(self.peak[name], torch.cuda.max_memory_allocated() / GIB)
+            torch.cuda.reset_peak_memory_stats()
+
+
 def end_to_end_part(check: Check) -> Dict[str, Any]:
     """e2e_step_time's interleaved CE/EL train_steps on the caption recipe, with memory and fp16 overflows."""
     sizes = check.sizes
@@ -216,21 +256,10 @@ def end_to_end_part(check: Check) -> Dict[str, Any]:
             trainer.cuda_env = None
     batches = e2e_step_time.preload_batches(task, cfg, sizes.warmup_steps + sizes.step_batches)
     warmup_outputs = e2e_step_time.warm_up(trainers, batches[:sizes.warmup_steps])
-    overflow = {name: 0 for name in trainers}
-    nan_loss = {name: 0 for name in trainers}
-    peak = {name: 0.0 for name in trainers}
+    observe = StepWatch(list(trainers), check.device == "cuda")
+    overflow, nan_loss, peak = observe.overflow, observe.nan_loss, observe.peak
     warmup_overflow = {name: sum(output is None for key, output in warmup_outputs if key == name)
                        for name in trainers}
-
-    def observe(name: str, output: Optional[Dict[str, Any]]) -> None:
-        # fairseq returns no logging output for a step it skipped on an fp16 gradient overflow
-        if output is None:
-            overflow[name] += 1
-        elif not math.isfinite(float(output.get("loss", 0.0))):
-            nan_loss[name] += 1
-        if check.device == "cuda":
-            peak[name] = max(peak[name], torch.cuda.max_memory_allocated() / GIB)
-            torch.cuda.reset_peak_memory_stats()
 
     if check.device == "cuda":
         torch.cuda.synchronize()
@@ -486,6 +515,94 @@ def nccl_lines(result: Dict[str, Any]) -> List[str]:
             f"weights differ by {result['ddp_max_param_difference']:.2e}"]
 
 
+# ---------------------------------------------------------------- train step beside OFA's model
+def train_step_part(check: Check) -> Dict[str, Any]:
+    """train_step_vs_ofa's configurations on this device: OFA's model (from --ofa-dir) and ours, same weights."""
+    if check.ofa_dir is None:
+        return {"skipped": "needs --ofa-dir (a checkout of OFA's repository) to build OFA's model"}
+    sizes = check.sizes
+    options = argparse.Namespace(ofa_dir=check.ofa_dir, rounds=max(3, sizes.rounds), memory_rounds=1,
+                                 threads=torch.get_num_threads(), device=check.device,
+                                 dtype="float16" if check.device == "cuda" else "float32",
+                                 image_size=sizes.train_step_image_size)
+    rows = [train_step_vs_ofa.run_configuration(options, recipe, arch, sizes.train_step_batch)
+            for recipe in train_step_vs_ofa.RECIPES for arch in sizes.train_step_archs]
+    return {"dtype": options.dtype, "rounds": options.rounds,
+            "memory_measure": "cuda_max_memory_allocated" if check.device == "cuda" else "cpu_peak_rss_above_start",
+            "configurations": rows}
+
+
+def train_step_lines(result: Dict[str, Any]) -> List[str]:
+    if "skipped" in result:
+        return [f"skipped: {result['skipped']}"]
+    return ([f"{result['dtype']}, medians of {result['rounds']} interleaved rounds; ratios ours / OFA's",
+             train_step_vs_ofa.HEADER]
+            + [train_step_vs_ofa.format_row(row) for row in result["configurations"]])
+
+
+# ---------------------------------------------------------------- fp16 against bf16
+def precision_part(check: Check) -> Dict[str, Any]:
+    """The caption recipe's EL Trainer in each of the two precisions, interleaved on the same batches."""
+    from ofa_el.precision import check_bf16_device
+
+    sizes = check.sizes
+    if check.device == "cuda":
+        check_bf16_device(torch.cuda.device_count(), torch.cuda.get_device_capability, torch.cuda.get_device_name)
+    ensure_demo_data(check.data_dir, grounding=True)
+    extra = list(sizes.recipe_extra) + [f"--save-dir={check.scratch / 'checkpoints'}"]
+    first, second = sizes.precision_devices
+    task, cfg, built = e2e_step_time.caption_trainers(check.data_dir, first, demo=sizes.demo_recipe, extra=extra,
+                                                      bpe_dir=check.bpe_dir, criteria=("el",))
+    other = copy.deepcopy(cfg)
+    e2e_step_time.place(other, second)
+    torch.manual_seed(cfg.common.seed)  # the same initial weights
+    trainers = {first: built["el"], second: build_trainer(task, other)}
+    if check.device == "cuda":
+        for trainer in trainers.values():
+            trainer.cuda_env = None  # keep fairseq from resetting the peak counter (see end_to_end)
+    batches = e2e_step_time.preload_batches(task, cfg, sizes.warmup_steps + sizes.precision_batches)
+    warmup_outputs = e2e_step_time.warm_up(trainers, batches[:sizes.warmup_steps])
+    observe = StepWatch(list(trainers), check.device == "cuda")
+    if check.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = e2e_step_time.interleaved_train_steps(trainers, batches[sizes.warmup_steps:], sizes.rounds, first,
+                                                  after_step=observe)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "recipe": str(e2e_step_time.CAPTION_RECIPE.relative_to(REPO_ROOT)) + (" (demo block)" if sizes.demo_recipe
+                                                                              else ""),
+        "arch": cfg.model.arch, "patch_image_size": cfg.task.patch_image_size, "batch_size": cfg.dataset.batch_size,
+        "criterion": "adjust_label_smoothed_encouraging_loss", "precisions": list(sizes.precision_devices),
+        "steps": len(times[first]), "seconds_per_step": median,
+        "time_ratio": median[second] / median[first],
+        "paired_time_ratio": statistics.median(b / a for a, b in zip(times[first], times[second])),
+        "peak_memory_gib": observe.peak if check.device == "cuda" else None,
+        "memory_measure": "cuda_max_memory_allocated (per step, both models resident)" if check.device == "cuda"
+        else "not measured on CPU (one process holds both)",
+        "loss_scale": {name: _loss_scale(trainer) for name, trainer in trainers.items()},
+        "overflow_steps": observe.overflow, "nan_loss_steps": observe.nan_loss,
+        "warmup_overflow_steps": {name: sum(output is None for key, output in warmup_outputs if key == name)
+                                  for name in trainers},
+    }
+
+
+def precision_lines(result: Dict[str, Any]) -> List[str]:
+    first, second = result["precisions"]
+    seconds = result["seconds_per_step"]
+    lines = [f"{result['recipe']}: {result['arch']} at {result['patch_image_size']} px, batch {result['batch_size']}, "
+             f"EL; {result['steps']} interleaved steps each",
+             f"s/step {first} {seconds[first]:.4f}, {second} {seconds[second]:.4f}; {second}/{first} "
+             f"{result['time_ratio']:.3f} (per batch {result['paired_time_ratio']:.3f})"]
+    for name in result["precisions"]:
+        memory = result["peak_memory_gib"]
+        lines.append(f"{name}: peak {'%.2f GiB' % memory[name] if memory else 'n/a'}, loss scale "
+                     f"{result['loss_scale'][name]}, {result['overflow_steps'][name]} overflowed steps, "
+                     f"{result['nan_loss_steps'][name]} NaN losses, {result['warmup_overflow_steps'][name]} overflows "
+                     "in warm-up")
+    return lines
+
+
 # ---------------------------------------------------------------- the run
 RUNNERS: Dict[str, Tuple[Callable[[Check], Dict[str, Any]], Callable[[Dict[str, Any]], List[str]]]] = {
     "environment": (environment_part, environment_lines),
@@ -493,6 +610,8 @@ RUNNERS: Dict[str, Tuple[Callable[[Check], Dict[str, Any]], Callable[[Dict[str, 
     "end_to_end": (end_to_end_part, end_to_end_lines),
     "generation": (generation_part, generation_lines),
     "nccl": (nccl_part, nccl_lines),
+    "train_step": (train_step_part, train_step_lines),
+    "precision": (precision_part, precision_lines),
 }
 
 
@@ -531,6 +650,13 @@ def summary(name: str, report: Dict[str, Any]) -> str:
     if name == "generation":
         return (f"{result['caption']['items_per_s']:.1f} captions/s, {result['refcoco']['items_per_s']:.1f} boxes/s, "
                 f"non-bin {result['refcoco']['non_bin_tokens']}")
+    if name == "train_step":
+        return "; ".join(f"{row['recipe']} {row['arch']}: time {row['time_ratio']:.2f}x, memory "
+                         f"{row['memory_ratio']:.2f}x OFA's" for row in result["configurations"])
+    if name == "precision":
+        first, second = result["precisions"]
+        return (f"{second}/{first} time {result['time_ratio']:.3f}; overflowed steps "
+                + ", ".join(f"{key} {value}" for key, value in result["overflow_steps"].items()))
     return f"all-reduce {result['bus_bandwidth_gb_s']:.1f} GB/s"
 
 
@@ -589,6 +715,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--bpe-dir", default=None,
                         help="a GPT-2 BPE folder (encoder.json, vocab.bpe, dict.txt; default: the demo data's); "
                              "OFA's utils/BPE gives the real 59457-entry vocabulary")
+    parser.add_argument("--ofa-dir", default=None,
+                        help="a checkout of OFA's repository: the train_step part builds OFA's model from it")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="run only these parts")
     parser.add_argument("--fail-part", choices=PARTS, default=None, help=argparse.SUPPRESS)  # tests: a part that raises
     return parser.parse_args(argv)
@@ -606,6 +734,11 @@ def prepare(args: argparse.Namespace) -> Tuple[Path, Optional[Path]]:
         raise UserError(f"--out {out}: cannot create its folder ({err.strerror})") from None
     if not os.access(out.parent, os.W_OK):
         raise UserError(f"--out {out}: its folder is not writable")
+    if args.ofa_dir:
+        try:
+            check_ofa_dir(Path(args.ofa_dir))
+        except OFADirError as err:
+            raise UserError(str(err)) from None
     bpe_dir = Path(args.bpe_dir) if args.bpe_dir else None
     if bpe_dir is not None:
         missing = [name for name in ("encoder.json", "vocab.bpe", "dict.txt") if not (bpe_dir / name).is_file()]
@@ -625,7 +758,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as scratch:
         check = Check(smoke=args.smoke, device="cpu" if args.smoke else "cuda",
                       sizes=SMOKE_SIZES if args.smoke else GPU_SIZES, data_dir=Path(args.data_dir).resolve(),
-                      bpe_dir=bpe_dir, scratch=Path(scratch))
+                      bpe_dir=bpe_dir, scratch=Path(scratch),
+                      ofa_dir=Path(args.ofa_dir).resolve() if args.ofa_dir else None)
         return run(check, [name for name in PARTS if name in args.parts], out, args.fail_part)
 
 

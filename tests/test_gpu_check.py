@@ -25,6 +25,9 @@ PART_KEYS = {
                    "samples_per_s", "peak_memory_gib", "resident_memory_gib", "memory_measure", "loss_scale",
                    "overflow_steps", "nan_loss_steps", "warmup_overflow_steps", "overflowed"},
     "generation": {"beam", "items", "batch_size", "dtype", "caption", "refcoco"},
+    "precision": {"recipe", "arch", "patch_image_size", "batch_size", "criterion", "precisions", "steps",
+                  "seconds_per_step", "time_ratio", "paired_time_ratio", "peak_memory_gib", "memory_measure",
+                  "loss_scale", "overflow_steps", "nan_loss_steps", "warmup_overflow_steps"},
 }
 GENERATION_KEYS = {"recipe", "arch", "patch_image_size", "items", "generate_s", "items_per_s", "reorder_s",
                    "reorder_calls", "reorder_share", "mean_tokens"}
@@ -60,7 +63,7 @@ def test_smoke_run_writes_every_part_with_sane_values(demo_data, tmp_path, subpr
 
     assert report["smoke"] is True and report["device"] == "cpu"
     assert report["status"] == {"environment": "ok", "criterion": "ok", "end_to_end": "ok", "generation": "ok",
-                                "nccl": "skipped"}
+                                "nccl": "skipped", "train_step": "skipped", "precision": "ok"}
     assert report["failed_parts"] == []
     assert set(report["part_seconds"]) == set(report["status"]) and report["total_seconds"] < seconds
     for part, keys in PART_KEYS.items():
@@ -112,7 +115,15 @@ def test_smoke_run_writes_every_part_with_sane_values(demo_data, tmp_path, subpr
     assert gen["refcoco"]["box_tokens"] == 4 * 4  # four bin tokens per box, all of them checked
 
     assert report["nccl"]["skipped"]
-    for name in ("environment", "criterion", "end_to_end", "generation", "nccl"):
+    assert "--ofa-dir" in report["train_step"]["skipped"]  # OFA's model needs OFA's code
+
+    prec = report["precision"]
+    assert prec["precisions"] == ["cpu", "cpu-bf16"] and prec["steps"] == 1  # the smoke run: float32 vs bfloat16
+    assert all(positive(prec["seconds_per_step"][name]) for name in prec["precisions"])
+    assert math.isclose(prec["time_ratio"], prec["seconds_per_step"]["cpu-bf16"] / prec["seconds_per_step"]["cpu"])
+    assert prec["loss_scale"] == {"cpu": None, "cpu-bf16": None}  # bfloat16 trains without a loss scaler
+    assert prec["overflow_steps"] == prec["nan_loss_steps"] == {"cpu": 0, "cpu-bf16": 0}
+    for name in ("environment", "criterion", "end_to_end", "generation", "nccl", "train_step", "precision"):
         assert any(line.startswith(name) for line in proc.stdout.splitlines()), proc.stdout  # the closing table
 
 

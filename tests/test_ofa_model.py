@@ -1,4 +1,5 @@
-"""The OFA model: checkpoint key layout per arch, numerical identity with OFA, loading, generation, training.
+"""The OFA model: checkpoint key layout per arch, numerical identity with OFA, loading, generation, training;
+its attention paths (SDPA, the lean CPU-training path, OFA's explicit computation) agree in outputs and gradients.
 
 The reference outputs come from OFA's own code: tests/fixtures/ofa_micro (in the repository, built by
 tests/fixtures/build_ofa_fixture.py; see its PROVENANCE.md), and, where ../shared is present, the larger shared
@@ -22,6 +23,8 @@ from fairseq.sequence_generator import SequenceGenerator
 
 from conftest import SHARED_SPECS
 from ofa_el.criterions.adjust_label_smoothed_encouraging_loss import AdjustLabelSmoothedEncouragingLossCriterion
+from ofa_el.models.ofa import attention
+from ofa_el.models.ofa.attention import LeanAttention, combined_mask, constant_mask, explicit_attention
 from ofa_el.models.ofa.model import OFAModel
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "ofa_micro"
@@ -277,3 +280,134 @@ def test_bfloat16_step_with_full_log_el_is_finite():
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g.float()).all() for g in grads)
+
+
+# ---------------------------------------------------------------- attention paths
+PATHS = ("sdpa", "lean", "explicit")
+
+
+def attention_inputs(dtype, seed=0, bsz=2, heads=3, length=6, dim=4):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(bsz, heads, length, dim, generator=g, dtype=dtype, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, heads, length, length, generator=g, dtype=dtype, requires_grad=True)  # shared by the batch
+    future = torch.triu(torch.full((length, length), float("-inf"), dtype=dtype), 1)
+    padding = torch.zeros(bsz, length, dtype=torch.bool)
+    padding[1, -2:] = True
+    return q, k, v, bias, constant_mask(future, padding, dtype)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-6), (torch.float32, 1e-5)])
+def test_lean_attention_matches_ofa_order_with_gradients(dtype, tolerance):
+    """Output and the gradients of q, k, v and the batch-shared bias, against OFA's softmax(q k^T + mask) v
+    (both take the softmax in float32, as OFA does, whatever the input dtype)."""
+    q, k, v, bias, constant = attention_inputs(dtype)
+    grad_out = torch.randn(q.shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    results = []
+    for compute in (lambda: LeanAttention.apply(q, k, v, bias, constant),
+                    lambda: explicit_attention(q, k, v, combined_mask(bias, constant), torch.nn.Identity())):
+        out = compute()
+        grads = torch.autograd.grad(out, (q, k, v, bias), grad_out)
+        results.append((out, grads))
+    (lean, lean_grads), (explicit, explicit_grads) = results
+    assert torch.allclose(lean, explicit, atol=tolerance, rtol=0)
+    for name, a, b in zip("qkvb", lean_grads, explicit_grads):
+        assert a.shape == b.shape, name
+        assert torch.allclose(a, b, atol=tolerance, rtol=0), f"{name}: {(a - b).abs().max():.3g}"
+    assert explicit_grads[3].abs().sum() > 0  # the bias does get a gradient
+
+
+def forced(monkeypatch, path):
+    monkeypatch.setattr(attention, "attention_path", lambda query, bias, dropout: path)
+
+
+def outputs_and_gradients(model, net_input):
+    model.zero_grad(set_to_none=True)
+    logits, _ = model(**net_input)
+    logits.logsumexp(-1).sum().backward()
+    return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("fixture_name", ["ofa_micro", "micro_a"])
+def test_every_path_gives_ofas_outputs_and_the_same_gradients(fixture_name, monkeypatch, tmp_path):
+    """With gradients on (what training runs), each path's logits reproduce OFA's, and every parameter's gradient
+    matches the explicit path's (OFA's order of operations) within 1e-5 of its scale; the second row has padded
+    text and a masked image, so padding and the batch-shared bias are both exercised."""
+    folder = FIXTURE if fixture_name == "ofa_micro" else MICRO_A
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found (shared/ beside the repo)")
+    reference = load_reference(folder, tmp_path)
+    model = build_reference_model(reference)
+    inputs = reference.inputs
+    net_input = {key: inputs[key] for key in ("src_tokens", "src_lengths", "patch_images", "patch_masks",
+                                              "prev_output_tokens")}
+    results = {}
+    for path in PATHS:
+        forced(monkeypatch, path)
+        results[path] = outputs_and_gradients(model, net_input)
+        assert close(results[path][0], reference.expected["logits"]), path
+    padded = dict(net_input, patch_masks=torch.tensor([True, False]))
+    padded["src_tokens"] = net_input["src_tokens"].clone()
+    padded["src_tokens"][1, -2:] = model.encoder.padding_idx
+    for inputs_name, batch in (("fixture", net_input), ("padded", padded)):
+        forced(monkeypatch, "explicit")
+        ref_logits, ref_grads = outputs_and_gradients(model, batch)
+        floor = 1e-3 * max(float(g.abs().max()) for g in ref_grads.values())
+        for path in ("sdpa", "lean"):
+            forced(monkeypatch, path)
+            logits, grads = outputs_and_gradients(model, batch)
+            assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=0), (inputs_name, path)
+            assert grads.keys() == ref_grads.keys()
+            for name, grad in grads.items():
+                scale = max(float(ref_grads[name].abs().max()), floor)
+                assert float((grad - ref_grads[name]).abs().max()) <= 1e-5 * scale, (inputs_name, path, name)
+
+
+def count_paths(monkeypatch):
+    chosen = []
+    choose = attention.attention_path
+
+    def recording(query, bias, dropout):
+        chosen.append(choose(query, bias, dropout))
+        return chosen[-1]
+
+    monkeypatch.setattr(attention, "attention_path", recording)
+    return chosen
+
+
+def test_paths_are_chosen_by_what_sdpa_can_serve(monkeypatch):
+    torch.manual_seed(0)
+    model = OFAModel.build_model(tiny_args(), Task(60))
+    sample = random_batch()
+    chosen = count_paths(monkeypatch)
+    with torch.no_grad():
+        model.eval()(**sample["net_input"])
+    assert chosen and set(chosen) == {"sdpa"}  # inference: fused kernels
+    chosen.clear()
+    model.train()(**sample["net_input"])[0].sum().backward()
+    assert set(chosen) == {"lean"}  # CPU training, a position bias that needs a gradient
+    chosen.clear()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.encoder.layers[0].fc1.weight.requires_grad_(True)
+    model(**sample["net_input"])[0].sum().backward()
+    assert set(chosen) == {"sdpa"}  # frozen position bias: SDPA's CPU kernel serves training too
+    chosen.clear()
+    dropped = OFAModel.build_model(tiny_args(attention_dropout=0.1), Task(60)).train()
+    dropped(**sample["net_input"])[0].sum().backward()
+    assert set(chosen) == {"explicit"}  # attention dropout on CPU: OFA's computation as it is
+
+
+def test_positions_are_one_row_for_the_batch_and_survive_reordering():
+    torch.manual_seed(0)
+    model = OFAModel.build_model(tiny_args(), Task(60)).eval()
+    net_input = {k: v for k, v in random_batch()["net_input"].items() if k != "prev_output_tokens"}
+    with torch.no_grad():
+        shared = model.encoder(**net_input)
+        sampled = model.encoder(**net_input, sample_patch_num=2)  # a random patch subset per image
+    assert shared["position_embeddings"][0].shape[0] == 1
+    assert sampled["position_embeddings"][0].shape[0] == 4
+    reordered = model.encoder.reorder_encoder_out(shared, torch.tensor([3, 3, 0, 1, 2]))
+    assert reordered["position_embeddings"][0] is shared["position_embeddings"][0]
+    assert torch.equal(reordered["encoder_out"][0], shared["encoder_out"][0][:, [3, 3, 0, 1, 2]])
+    per_sample = model.encoder.reorder_encoder_out(sampled, torch.tensor([1, 0]))
+    assert torch.equal(per_sample["position_embeddings"][0], sampled["position_embeddings"][0][[1, 0]])

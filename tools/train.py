@@ -169,7 +169,7 @@ def check_arguments(argv: List[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     from fairseq_cli import train
 
-    from .. import claim_folder_name
+    from .. import claim_folder_name, precision
 
     claim_folder_name()
     quiet_logs()
@@ -177,8 +177,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     check_arguments(argv)
     argv = with_user_dir(argv)
     argv = resume_or_restore(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
+    argv = precision.prefer_bf16(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
     sys.argv = [sys.argv[0]] + with_cpu_torchrun(argv)
-    train.cli_main()
+    with precision.cuda_bfloat16(argv):  # --bf16: bfloat16 on CUDA/CPU, not fairseq's TPU mode
+        train.cli_main()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,21 @@
-"""Multi-head attention with OFA's additive position bias, per-head scaling and incremental state."""
+"""Multi-head attention with OFA's additive position bias, per-head scaling and incremental state.
+
+The position bias, the future mask and the key padding are folded into one additive float mask, and
+attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels: no
+``[B, H, T_q, T_k]`` probabilities kept for backward on CUDA, none materialised at inference on CPU).
+
+SDPA cannot serve one case: training on CPU with a position bias that needs a gradient (SDPA's CPU kernel
+takes no mask that does; it would fall back to its math kernel, which keeps the probabilities for
+backward like OFA's code). There :class:`LeanAttention` computes OFA's ``softmax(q k^T + mask) v`` and
+keeps only the row log-sum-exps, recomputing the probabilities in backward: one ``[B, H, T_q, T_k]``
+tensor less per layer (about 160 MB per encoder layer for ofa_base at 480 px, batch 4), for one more
+``q k^T`` in backward. With attention dropout on CPU (no recipe sets it) the explicit path keeps OFA's
+computation as it is, probabilities stored.
+"""
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules import FairseqDropout
 from torch import Tensor, nn
@@ -9,11 +23,90 @@ from torch import Tensor, nn
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
+def constant_mask(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                  dtype: torch.dtype) -> Optional[Tensor]:
+    """The future mask with padded keys at ``-inf``: 0 or ``-inf``, ``[B or 1, 1, T_q or 1, T_k]`` (or the
+    future mask's ``[T_q, T_k]`` alone), broadcast over heads."""
+    mask = attn_mask
+    if key_padding_mask is not None:
+        padded = key_padding_mask[:, None, None, :].to(torch.bool)
+        base = mask if mask is not None else torch.zeros((), dtype=dtype, device=padded.device)
+        mask = torch.where(padded, float("-inf"), base)
+    return mask if mask is None else mask.to(dtype)
+
+
+def combined_mask(bias: Optional[Tensor], constant: Optional[Tensor]) -> Optional[Tensor]:
+    """SDPA's one float mask: ``bias + constant``. OFA adds the bias, then the future mask, then fills padded
+    keys with ``-inf``; the constant part is 0 or ``-inf``, so adding it to the bias first gives the same scores."""
+    if bias is None or constant is None:
+        return bias if constant is None else constant
+    return bias + constant
+
+
+def attention_path(query: Tensor, bias: Optional[Tensor], dropout: float) -> str:
+    """``sdpa`` unless SDPA has no fused kernel for the call (on CPU, a bias that needs a gradient); then
+    ``lean`` (:class:`LeanAttention`), or ``explicit`` with attention dropout."""
+    if not (query.device.type == "cpu" and bias is not None and bias.requires_grad and torch.is_grad_enabled()):
+        return "sdpa"
+    return "lean" if dropout == 0.0 else "explicit"
+
+
+def explicit_attention(scaled_query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
+                       dropout: nn.Module) -> Tensor:
+    """OFA's computation: scores in the model's dtype, the softmax in float32, then dropout: [B, H, T_q, D]."""
+    scores = torch.matmul(scaled_query, key.transpose(2, 3))
+    if mask is not None:
+        scores = scores + mask
+    probs = dropout(torch.softmax(scores.float(), dim=-1).type_as(scores))
+    return torch.matmul(probs, value)
+
+
+class LeanAttention(torch.autograd.Function):
+    """``softmax(q k^T + bias + constant) v`` (``q`` already scaled, no dropout) that saves the row
+    log-sum-exps instead of the probabilities and recomputes them in backward (the flash-attention
+    backward, unfused).
+
+    ``bias`` (the position bias, ``[B or 1, H, T_q, T_k]``) gets a gradient, summed back to its shape;
+    ``constant`` (:func:`constant_mask`, or None) is added after it, as OFA does, and needs none. Both are
+    saved as they are: a bias shared by the batch costs 1/B of the probabilities it replaces."""
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, bias: Tensor, constant: Optional[Tensor]) -> Tensor:
+        scores = LeanAttention._scores(query, key, bias, constant)
+        log_sum_exp = torch.logsumexp(scores, dim=-1, keepdim=True)
+        probs = scores.sub_(log_sum_exp).exp_().to(query.dtype)
+        out = torch.matmul(probs, value)
+        ctx.save_for_backward(query, key, value, bias, constant, out, log_sum_exp)
+        return out
+
+    @staticmethod
+    def _scores(query: Tensor, key: Tensor, bias: Tensor, constant: Optional[Tensor]) -> Tensor:
+        """float32 scores; the softmax's input, computed in place as far as the dtypes allow."""
+        scores = torch.matmul(query, key.transpose(2, 3)).add_(bias)
+        if constant is not None:
+            scores.add_(constant)
+        return scores.float()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        query, key, value, bias, constant, out, log_sum_exp = ctx.saved_tensors
+        scores = LeanAttention._scores(query, key, bias, constant)
+        probs = scores.sub_(log_sum_exp).exp_().to(query.dtype)
+        grad_value = torch.matmul(probs.transpose(2, 3), grad_out)
+        grad_probs = torch.matmul(grad_out, value.transpose(2, 3))
+        row_dot = (grad_out * out).sum(-1, keepdim=True)  # sum_j p_j dp_j, the softmax backward's shift
+        grad_scores = grad_probs.sub_(row_dot).mul_(probs)
+        grad_query = torch.matmul(grad_scores, key)
+        grad_key = torch.matmul(grad_scores.transpose(2, 3), query)
+        grad_bias = grad_scores.sum_to_size(bias.shape) if ctx.needs_input_grad[3] else None
+        return grad_query, grad_key, grad_value, grad_bias, None
+
+
 @with_incremental_state
 class OFAAttention(nn.Module):
     """``softmax(q k^T / sqrt(d * scale_factor) + bias + mask) v``, heads optionally rescaled (``c_attn``).
 
-    ``attn_bias`` is ``[B * H, T_q, T_k]`` (absolute + relative position bias). For decoding, keys
+    ``attn_bias`` is the absolute + relative position bias. For decoding, keys
     and values of previous steps (self-attention) or of the encoder (``static_kv``) are cached.
     ``cross_attention`` marks the decoder's attention over the encoder: its cached keys and values
     are the same for every beam of a sentence, so beam search need not reorder them (see
@@ -44,8 +137,9 @@ class OFAAttention(nn.Module):
     def forward(self, query: Tensor, key: Optional[Tensor], key_padding_mask: Optional[Tensor] = None,
                 incremental_state: Optional[IncrementalState] = None, static_kv: bool = False,
                 attn_mask: Optional[Tensor] = None, attn_bias: Optional[Tensor] = None) -> Tuple[Tensor, None]:
+        """``attn_bias`` is ``[B or 1, H, T_q, T_k]`` (one row serves every sample when positions are shared)."""
         tgt_len, bsz, _ = query.shape
-        q = self._heads(self.q_proj(query) * self.scaling, bsz)
+        q = self._heads(self.q_proj(query), bsz)
         saved = self._get_input_buffer(incremental_state) if incremental_state is not None else None
         if saved is not None and static_kv and "prev_key" in saved:
             k, v = saved["prev_key"], saved["prev_value"]  # the encoder's keys never change
@@ -57,43 +151,44 @@ class OFAAttention(nn.Module):
         if incremental_state is not None:
             self._set_input_buffer(incremental_state, {"prev_key": k, "prev_value": v})
         if static_kv and k.size(0) != bsz:
-            out = self._shared_key_attention(q, k, v, key_padding_mask, attn_bias)
+            out = self._shared_key_attention(q * self.scaling, k, v, key_padding_mask, attn_bias)
             return self.out_proj(out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)), None
-        src_len = k.size(2)
-        scores = torch.matmul(q, k.transpose(2, 3))  # [B, H, T_q, T_k]
-        if attn_bias is not None:
-            scores = scores + attn_bias.view(bsz, self.num_heads, tgt_len, src_len)
-        if attn_mask is not None:
-            scores = scores + attn_mask
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :].to(torch.bool), float("-inf"))
-        probs = self.dropout_module(torch.softmax(scores.float(), dim=-1).type_as(scores))
-        out = torch.matmul(probs, v)  # [B, H, T_q, D]
+        constant = constant_mask(attn_mask, key_padding_mask, q.dtype)
+        dropout = self.dropout_module.p if self.training or self.dropout_module.apply_during_inference else 0.0
+        path = attention_path(q, attn_bias, dropout)
+        if path == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=combined_mask(attn_bias, constant),
+                                                 dropout_p=dropout, scale=self.scaling)
+        elif path == "lean":
+            out = LeanAttention.apply(q * self.scaling, k, v, attn_bias, constant)
+        else:
+            out = explicit_attention(q * self.scaling, k, v, combined_mask(attn_bias, constant), self.dropout_module)
         if self.c_attn is not None:
             out = out * self.c_attn.view(1, -1, 1, 1)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)
         return self.out_proj(out), None
 
-    def _shared_key_attention(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
+    def _shared_key_attention(self, scaled_query: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
                               attn_bias: Optional[Tensor]) -> Tensor:
         """Cross-attention of ``G`` query rows per key row: q ``[B*G, H, T, D]`` (rows of key row ``b`` are
-        ``b*G .. b*G+G-1``), k/v ``[B, H, S, D]``, bias ``[B*H, T, S]``, padding ``[B, S]`` -> ``[B*G, H, T, D]``.
+        ``b*G .. b*G+G-1``), k/v ``[B, H, S, D]``, bias ``[B or 1, H, T, S]``, padding ``[B, S]`` -> ``[B*G, H, T, D]``.
 
         All-candidate scoring decodes every candidate answer of a sample over the same encoder output: the
         queries of one sample's candidates attend its keys in one matmul, so the encoder output is neither
         copied per candidate nor projected to keys and values per candidate (the cost that dominates a
-        decoder pass over an image's ~900 encoder positions).
+        decoder pass over an image's ~900 encoder positions). The bias is broadcast over the group, which
+        SDPA's one mask could not do without a copy per candidate; this path serves inference only.
         """
-        rows, heads, tgt_len, head_dim = q.shape
+        rows, heads, tgt_len, head_dim = scaled_query.shape
         key_rows, src_len = k.size(0), k.size(2)
         if rows % key_rows:
             raise ValueError(f"{rows} query rows cannot share {key_rows} encoder rows evenly")
         group = rows // key_rows
-        q = q.view(key_rows, group, heads, tgt_len, head_dim).transpose(1, 2).reshape(
+        q = scaled_query.view(key_rows, group, heads, tgt_len, head_dim).transpose(1, 2).reshape(
             key_rows, heads, group * tgt_len, head_dim)
         scores = torch.matmul(q, k.transpose(2, 3)).view(key_rows, heads, group, tgt_len, src_len)
         if attn_bias is not None:
-            scores = scores + attn_bias.view(key_rows, heads, 1, tgt_len, src_len)
+            scores = scores + attn_bias.unsqueeze(2)
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[:, None, None, None, :].to(torch.bool), float("-inf"))
         probs = self.dropout_module(torch.softmax(scores.float(), dim=-1).type_as(scores))

@@ -5,6 +5,11 @@ unchanged. The encoder reads ``[image patches ; text tokens]``: ResNet patches p
 model width plus a type embedding, text embeddings plus a type embedding. Positions enter only
 as attention biases shared across layers: an absolute bias from position embeddings (computed
 once per forward) plus a per-layer relative bias for text-text and patch-patch pairs.
+
+Positions do not depend on the sample (text positions count from 0, every image has the same patch
+grid), so the position embeddings and biases are computed for one row, ``[1, ...]``, and broadcast
+over the batch: B times less bias work and memory. Only ``--sample-patch-num`` (a random patch subset
+per image) makes them per sample, ``[B, ...]``.
 """
 import logging
 from typing import Dict, List, Optional, Tuple
@@ -43,11 +48,17 @@ def embedding(num: int, dim: int, padding_idx: Optional[int] = None) -> nn.Embed
 
 def absolute_bias(q_linear: nn.Linear, k_linear: nn.Linear, query_pos: Tensor, key_pos: Tensor, heads: int,
                   scaling: float) -> Tensor:
-    """``(q(P_q) * s) k(P_k)^T`` per head: the absolute position bias, [B, H, Lq, Lk]."""
-    bsz = query_pos.size(0)
-    q = q_linear(query_pos).view(bsz, query_pos.size(1), heads, -1).transpose(1, 2) * scaling
-    k = k_linear(key_pos).view(bsz, key_pos.size(1), heads, -1).transpose(1, 2)
+    """``(q(P_q) * s) k(P_k)^T`` per head: the absolute position bias, [B or 1, H, Lq, Lk] (a batch of 1
+    on either side broadcasts)."""
+    q = q_linear(query_pos).view(query_pos.size(0), query_pos.size(1), heads, -1).transpose(1, 2) * scaling
+    k = k_linear(key_pos).view(key_pos.size(0), key_pos.size(1), heads, -1).transpose(1, 2)
     return torch.matmul(q, k.transpose(2, 3))
+
+
+def batch_cat(parts: List[Tensor], dim: int) -> Tensor:
+    """``torch.cat`` of tensors whose batch (dim 0) is B or 1, the 1s broadcast to B."""
+    bsz = max(part.size(0) for part in parts)
+    return torch.cat([part.expand(bsz, *part.shape[1:]) for part in parts], dim=dim)
 
 
 def maybe_checkpoint(layer: nn.Module, args) -> nn.Module:
@@ -94,14 +105,14 @@ class OFAEncoder(FairseqEncoder):
         self.entangle_position_embedding = args.entangle_position_embedding
 
     def embed_patches(self, patch_images: Tensor, sample_patch_num: Optional[int]):
-        """Patch features [B, P, 1024], their grid position ids [B, P], and P."""
+        """Patch features [B, P, 1024] and their grid position ids: [1, P], or [B, P] for sampled patches."""
         features = self.embed_images(patch_images)
         height, width = features.shape[-2:]
         features = features.flatten(2).transpose(1, 2)
-        ids = image_position_ids(height, width, self.args.image_bucket_size, features.device)
-        ids = ids[None, :].expand(features.size(0), -1)
+        ids = image_position_ids(height, width, self.args.image_bucket_size, features.device)[None, :]
         if sample_patch_num is not None and sample_patch_num < ids.size(1):
             # a random subset of patches per image (OFA's --sample-patch-num for two-view batches)
+            ids = ids.expand(features.size(0), -1)
             order = torch.rand(ids.shape, device=ids.device).argsort(-1)[:, :sample_patch_num]
             features = features.gather(1, order[:, :, None].expand(-1, -1, features.size(2)))
             ids = ids.gather(1, order)
@@ -113,9 +124,9 @@ class OFAEncoder(FairseqEncoder):
                 patch_images_2: Optional[Tensor] = None, code_masks: Optional[Tensor] = None) -> EncoderOut:
         if patch_images_2 is not None:
             raise NotImplementedError("patch_images_2 (two images per sample) is not supported by this model")
-        text_len = src_tokens.size(1)
+        bsz, text_len = src_tokens.shape
         padding_mask = src_tokens.eq(self.padding_idx)
-        text_pos = self.embed_positions(utils.new_arange(src_tokens))
+        text_pos = self.embed_positions(torch.arange(text_len, device=src_tokens.device)[None, :])  # [1, T, C]
         x = self.embed_scale * self.embed_tokens(src_tokens)
         if self.entangle_position_embedding:
             x = x + text_pos
@@ -138,11 +149,11 @@ class OFAEncoder(FairseqEncoder):
             if self.patch_layernorm_embedding is not None:
                 image_x = self.patch_layernorm_embedding(image_x)
             x = torch.cat([self.dropout_module(image_x), x], dim=1)
-            image_padding = torch.zeros_like(patch_ids, dtype=torch.bool)
+            image_padding = torch.zeros(bsz, num_patches, dtype=torch.bool, device=padding_mask.device)
             if patch_masks is not None:
                 image_padding = image_padding | ~patch_masks.bool()[:, None]
             padding_mask = torch.cat([image_padding, padding_mask], dim=1)
-            positions = torch.cat([self.image_pos_ln(image_pos), positions], dim=1)
+            positions = batch_cat([self.image_pos_ln(image_pos), positions], dim=1)
         has_pads = bool(padding_mask.any())
         if has_pads:
             x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
@@ -151,7 +162,7 @@ class OFAEncoder(FairseqEncoder):
                                  self.pos_scaling)
         token_buckets = self.token_rp_bucket[:text_len, :text_len]
         image_buckets = None
-        if patch_ids is not None:  # [B, P, P], gathered once, looked up per layer
+        if patch_ids is not None:  # [B or 1, P, P], gathered once, looked up per layer
             image_buckets = self.image_rp_bucket[patch_ids[:, :, None], patch_ids[:, None, :]]
         states = [x] if return_all_hiddens else []
         for index, layer in enumerate(self.layers):
@@ -160,7 +171,7 @@ class OFAEncoder(FairseqEncoder):
             if image_buckets is not None:
                 bias[:, :, :num_patches, :num_patches] += \
                     self.image_rel_pos_table_list[index](image_buckets).permute(0, 3, 1, 2)
-            x = layer(x, padding_mask if has_pads else None, bias.flatten(0, 1))
+            x = layer(x, padding_mask if has_pads else None, bias)
             if return_all_hiddens:
                 states.append(x)
         if self.layer_norm is not None:
@@ -172,12 +183,14 @@ class OFAEncoder(FairseqEncoder):
             "encoder_states": states,
             "src_tokens": [],
             "src_lengths": [],
-            "position_embeddings": [positions],  # B x T x C, after the position LayerNorms
+            "position_embeddings": [positions],  # (B or 1) x T x C, after the position LayerNorms
         }
 
     def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
+        """Select the rows of ``new_order``; position embeddings of one row serve any batch and stay as they are."""
         batch_dims = {"encoder_out": 1, "encoder_states": 1}
-        return {key: [value.index_select(batch_dims.get(key, 0), new_order) for value in values]
+        return {key: [value if key == "position_embeddings" and value.size(0) == 1
+                      else value.index_select(batch_dims.get(key, 0), new_order) for value in values]
                 for key, values in encoder_out.items()}
 
     def max_positions(self) -> int:
@@ -240,20 +253,17 @@ class OFADecoder(FairseqIncrementalDecoder):
                          code_masks: Optional[Tensor] = None) -> Tuple[Tensor, Dict]:
         if code_masks is not None and bool(code_masks.any()):
             raise NotImplementedError("image-code generation (code_masks) is not supported by this model")
-        bsz, tgt_len = prev_output_tokens.shape
-        target_pos = self.embed_positions(utils.new_arange(prev_output_tokens))
-        query_pos = self.pos_ln(target_pos)
-        self_bias = absolute_bias(self.self_pos_q_linear, self.self_pos_k_linear, query_pos, query_pos,
+        tgt_len = prev_output_tokens.size(1)
+        target_pos = self.embed_positions(torch.arange(tgt_len, device=prev_output_tokens.device)[None, :])
+        key_pos = self.pos_ln(target_pos)  # [1, T, C]
+        tokens, query_pos, query_rows = prev_output_tokens, key_pos, slice(None)
+        if incremental_state is not None:  # keys cover the whole prefix; only the last query row is new
+            query_rows = slice(-1, None)
+            tokens, target_pos, query_pos = tokens[:, query_rows], target_pos[:, query_rows], key_pos[:, query_rows]
+        self_bias = absolute_bias(self.self_pos_q_linear, self.self_pos_k_linear, query_pos, key_pos,
                                   self.num_heads, self.pos_scaling)
-        # every row has the same query positions; the encoder may hold fewer rows than the decoder (rows
-        # grouped per encoder row: all-candidate scoring), so the cross bias is per encoder row
-        key_pos = encoder_out["position_embeddings"][0]
-        cross_bias = absolute_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, query_pos[:key_pos.size(0)],
-                                   key_pos, self.num_heads, self.pos_scaling)
-        tokens = prev_output_tokens
-        if incremental_state is not None:  # biases are for the whole prefix; only the last query row is new
-            tokens, target_pos = tokens[:, -1:], target_pos[:, -1:]
-            self_bias, cross_bias = self_bias[:, :, -1:, :], cross_bias[:, :, -1:, :]
+        cross_bias = absolute_bias(self.cross_pos_q_linear, self.cross_pos_k_linear, query_pos,
+                                   encoder_out["position_embeddings"][0], self.num_heads, self.pos_scaling)
         x = self.embed_scale * self.embed_tokens(tokens)
         if self.add_target_positions:
             x = x + target_pos
@@ -265,15 +275,11 @@ class OFADecoder(FairseqIncrementalDecoder):
         future_mask = None
         if incremental_state is None:
             future_mask = torch.triu(x.new_full((tgt_len, tgt_len), float("-inf")), 1)
-        token_buckets = self.token_rp_bucket[:tgt_len, :tgt_len]
-        cross_bias = cross_bias.flatten(0, 1)
+        token_buckets = self.token_rp_bucket[:tgt_len, :tgt_len][query_rows]
         enc, enc_padding = encoder_out["encoder_out"][0], encoder_out["encoder_padding_mask"][0]
         states = [x]
         for index, layer in enumerate(self.layers):
-            relative = self.token_rel_pos_table_list[index](token_buckets).permute(2, 0, 1)
-            if incremental_state is not None:
-                relative = relative[:, -1:, :]
-            bias = (self_bias + relative.unsqueeze(0)).flatten(0, 1)
+            bias = self_bias + self.token_rel_pos_table_list[index](token_buckets).permute(2, 0, 1).unsqueeze(0)
             x = layer(x, enc, enc_padding, incremental_state, future_mask, padding, bias, cross_bias)
             states.append(x)
         if self.layer_norm is not None:

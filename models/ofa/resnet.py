@@ -80,7 +80,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem + stages 1-3: [B, 3, H, W] -> [B, 1024, H/16, W/16]."""
+    """Stem + stages 1-3: [B, 3, H, W] -> [B, 1024, H/16, W/16] (channels-last memory)."""
 
     def __init__(self, blocks: Sequence[int], norm: Callable[[int], nn.Module] = nn.BatchNorm2d,
                  drop_path_rate: float = 0.0):
@@ -102,5 +102,8 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
+        # channels-last activations: oneDNN's and cuDNN's faster convolutions, and the [B, H*W, C] patch
+        # sequence the encoder reads is then a view, not a copy
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer3(self.layer2(self.layer1(x)))
