@@ -174,10 +174,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     claim_folder_name()
     quiet_logs()
     argv = list(sys.argv[1:] if argv is None else argv)
-    check_arguments(argv)
+    argv = precision.prefer_bf16(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
+    check_arguments(argv)  # after prefer_bf16: fairseq's parser refuses --fp16 beside --bf16
     argv = with_user_dir(argv)
     argv = resume_or_restore(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
-    argv = precision.prefer_bf16(argv, log=lambda message: print(message, file=sys.stderr, flush=True))
     sys.argv = [sys.argv[0]] + with_cpu_torchrun(argv)
     with precision.cuda_bfloat16(argv):  # --bf16: bfloat16 on CUDA/CPU, not fairseq's TPU mode
         train.cli_main()
