@@ -134,7 +134,8 @@ def write_user_dir(ofa_dir: Path, scratch: Path) -> Path:
     return shim
 
 
-def build_ofa(ofa_dir: Path, scratch: Path, arch: str, image_size: int):
+def build_ofa(ofa_dir: Path, scratch: Path, arch: str, image_size: int,
+              model_flags: Sequence[str] = CAPTION_MODEL_FLAGS):
     """OFA's task and model, built by OFA's code through fairseq's parser; returns (args, task, model)."""
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -142,7 +143,7 @@ def build_ofa(ofa_dir: Path, scratch: Path, arch: str, image_size: int):
     sys.path.insert(0, str(ofa_dir))  # see the module docstring: OFA's packages import as `models`, `tasks`
     user_dir = write_user_dir(ofa_dir, scratch)
     cli = ["/dev/null", f"--user-dir={user_dir}", f"--bpe-dir={ofa_dir / 'utils' / 'BPE'}", "--task=ofa",
-           f"--arch={arch}", f"--seed={SEED}", "--cpu", f"--patch-image-size={image_size}", *CAPTION_MODEL_FLAGS]
+           f"--arch={arch}", f"--seed={SEED}", "--cpu", f"--patch-image-size={image_size}", *model_flags]
     args = options.parse_args_and_arch(options.get_training_parser(), input_args=cli)
     task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
     torch.manual_seed(SEED)

@@ -173,8 +173,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--selected-cols", help="columns to read, as in training (default: caption "
                         f"{CAPTION_SELECTED_COLS}, refcoco {REFCOCO_SELECTED_COLS}, vqa_gen {VQA_SELECTED_COLS})")
     parser.add_argument("--patch-image-size", type=int, help="side of the model input (default: caption "
-                        f"{CAPTION_PATCH_IMAGE_SIZE}, refcoco {REFCOCO_PATCH_IMAGE_SIZE}, vqa_gen {VQA_PATCH_IMAGE_SIZE}); "
-                        "refcoco bins depend on it")
+                        f"{CAPTION_PATCH_IMAGE_SIZE}, refcoco {REFCOCO_PATCH_IMAGE_SIZE}, vqa_gen "
+                        f"{VQA_PATCH_IMAGE_SIZE}); refcoco bins depend on it")
     parser.add_argument("--num-bins", type=int, default=1000, help="refcoco: number of <bin_i> tokens")
     parser.add_argument("--max-image-size", type=float, help="refcoco: box normaliser (default: --patch-image-size)")
     parser.add_argument("--max-tgt-length", type=int, default=30, help="caption: max words of a train caption")

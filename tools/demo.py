@@ -11,6 +11,9 @@
    includes grounding).
 4. ``--all`` also runs caption stage 2 (``configs/caption/stage2_el.yaml``: self-critical CIDEr-D
    training from a short, 150-update stage-1 EL model) and reports the test metrics of both stages.
+5. ``--all`` also runs vqa (``configs/vqa/vqa_el.yaml``: synthetic questions about the shape images, finetuned
+   from the caption model) and reports the test VQA score of all-candidate and beam-search inference beside
+   the majority-answer baseline (each question kind answered with its most common training answer).
 
 Every step runs the same run_scripts a user runs (``DEMO=1``), so the demo exercises the real
 code path. Metrics go to ``demo/metrics.json``; logs to ``demo/logs``.
@@ -28,6 +31,7 @@ from typing import Dict, List, Optional
 
 from .launch import expand, load_recipe
 from .make_demo_data import write_caption_stage2_train
+from .make_demo_vqa import majority_baseline, write_vqa_sets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo"
@@ -36,7 +40,10 @@ GROUNDING_TRAIN_ROWS = 4000
 #: The recipe each part trains (its demo block says where it saves and what it restores).
 PART_RECIPES = {"caption": "caption/stage1_el.yaml", "caption_stage2": "caption/stage2_el.yaml",
                 "refcoco": "refcoco/refcoco_el.yaml",
-                "refcocoplus": "refcoco/refcocoplus_el.yaml", "refcocog": "refcoco/refcocog_el.yaml"}
+                "refcocoplus": "refcoco/refcocoplus_el.yaml", "refcocog": "refcoco/refcocog_el.yaml",
+                "vqa": "vqa/vqa_el.yaml"}
+#: Images of the demo's VQA files (three questions each), at the caption images' size.
+VQA_TRAIN_IMAGES, VQA_EVAL_IMAGES, VQA_IMAGE_SIZE = 1000, 100, 64
 #: Updates of the stage-1 model that the stage-2 demo starts from (the full stage 1 leaves SCST little room).
 SHORT_STAGE1_UPDATES = 150
 GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
@@ -146,6 +153,25 @@ def grounding(set_name: str) -> Dict[str, Dict[str, Dict[str, float]]]:
     return results
 
 
+def vqa() -> Dict[str, float]:
+    """VQA with EL from the caption model; test VQA score of both inference types beside the majority baseline."""
+    start = time.time()
+    data = DEMO / "data"
+    if not (data / "vqa_train.tsv").is_file():  # demo data written before the VQA part existed
+        write_vqa_sets(str(data), 0, VQA_TRAIN_IMAGES, VQA_EVAL_IMAGES, VQA_IMAGE_SIZE)
+    print("vqa: training the demo model with EL (configs/vqa/vqa_el.yaml) ...", flush=True)
+    run("vqa/train_vqa_el.sh", DEMO / "logs" / "vqa_train.log", {})
+    results = {"majority_baseline": majority_baseline(str(data / "vqa_train.tsv"), str(data / "vqa_test.tsv"))}
+    for inference in ("allcand", "beamsearch"):
+        out = DEMO / "results" / f"vqa_{inference}"
+        run("vqa/evaluate_vqa.sh", DEMO / "logs" / f"vqa_eval_{inference}.log",
+            {"SPLIT": "test", "RESULTS_DIR": str(out)}, "--inference-type", inference)
+        results[inference] = json.loads((out / "metrics.json").read_text())["vqa_test"]["vqa_score"]
+    print(f"vqa: {time.time() - start:.0f} s; test VQA score allcand {results['allcand']:.3f}, beamsearch "
+          f"{results['beamsearch']:.3f}, majority baseline {results['majority_baseline']:.3f}")
+    return results
+
+
 def print_table(metrics: Dict) -> None:
     print("\n== demo results (synthetic data; see README.md) ==")
     if "caption" in metrics:
@@ -160,11 +186,14 @@ def print_table(metrics: Dict) -> None:
                 other = metrics[f"{set_name}_unrestricted_decoding"][split]["Acc@0.5"]
                 print(f"{set_name} {split:<6} Acc@0.5 {values['Acc@0.5']:.3f} (unrestricted decoding {other:.3f}), "
                       f"mIoU {values['mIoU']:.3f}")
+    if "vqa" in metrics:
+        print("vqa test: VQA score allcand {allcand:.3f}  beamsearch {beamsearch:.3f}  (majority-answer baseline "
+              "{majority_baseline:.3f})".format(**metrics["vqa"]))
 
 
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--all", action="store_true", help="also caption stage 2, refcoco+ and refcocog")
+    parser.add_argument("--all", action="store_true", help="also caption stage 2, refcoco+, refcocog and vqa")
     parser.add_argument("--only", choices=list(PART_RECIPES), help="run a single part")
     args = parser.parse_args(argv)
     start = time.time()
@@ -172,7 +201,7 @@ def main(argv: List[str] = None) -> None:
     if args.only:
         parts = [args.only]
     elif args.all:
-        parts = ["caption", "caption_stage2", "refcoco", "refcocoplus", "refcocog"]
+        parts = ["caption", "caption_stage2", "refcoco", "refcocoplus", "refcocog", "vqa"]
     else:
         parts = ["caption", "refcoco"]
     while starts_from(parts[0]) and not best_checkpoint(starts_from(parts[0])).is_file():
@@ -187,6 +216,8 @@ def main(argv: List[str] = None) -> None:
             metrics["caption"] = caption()
         elif part == "caption_stage2":
             metrics["caption_stage2"] = caption_stage2()
+        elif part == "vqa":
+            metrics["vqa"] = vqa()
         else:
             results = grounding(part)
             metrics[part] = results["restricted"]

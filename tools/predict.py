@@ -1,13 +1,18 @@
-"""Try a trained caption or refcoco checkpoint on your own pictures.
+"""Try a trained caption, refcoco or vqa_gen checkpoint on your own pictures.
 
     python -m ofa_el.tools.predict --path caption_best.pt --image photo.jpg [photo2.png ...]
     python -m ofa_el.tools.predict --path refcoco_best.pt --image photo.jpg --text "the man on the left" \
         [--draw boxed.png]
+    python -m ofa_el.tools.predict --path vqa_best.pt --image photo.jpg --question "what colour is the bus?"
 
 A caption checkpoint prints one caption per image (``photo.jpg: a man riding a horse``). A grounding
 (refcoco) checkpoint needs ``--text`` and prints the box as ``x0,y0,x1,y1`` in pixels of the original
 image (``photo.jpg: 12.3,45.6,200.1,300.0 for "the man on the left"``); ``--json`` prints a JSON list
-instead. ``--draw`` writes the image with the box outlined in red: a file name for one image; for
+instead. A VQA (vqa_gen) checkpoint needs ``--question`` and prints the answer
+(``photo.jpg: red for "what colour is the bus?"``), chosen among its candidate answers by scoring every
+one (``--inference-type allcand``, the default) or by trie-constrained beam search; ``--ema-eval`` answers
+with the checkpoint's EMA weights.
+``--draw`` writes the image with the box outlined in red: a file name for one image; for
 several, an existing folder (``<folder>/<image stem>.png``) or a name holding ``{stem}``
 (``boxes/{stem}_box.jpg``).
 
@@ -42,11 +47,11 @@ from .. import claim_folder_name
 from .errors import UserError, quiet_logs, run_cli
 from .evaluate import add_generation_options, generation_args
 
-TASKS = ("caption", "refcoco")
+TASKS = ("caption", "refcoco", "vqa_gen")
 #: The caption column of a caption row; evaluation rows need a non-empty one, generation never reads it.
 PLACEHOLDER_CAPTION = "unused"
 #: The column layout of the temporary TSV: the tasks' own field order.
-SELECTED_COLS = {"caption": "0,1,2", "refcoco": "0,1,2,3"}
+SELECTED_COLS = {"caption": "0,1,2", "refcoco": "0,1,2,3", "vqa_gen": "0,1,2,3,4"}
 BOX_COLOUR = (255, 0, 0)
 
 
@@ -68,6 +73,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--draw", default=None,
                         help="refcoco: write the image with its box drawn: a file for one image; for several a "
                              "folder (<folder>/<stem>.png) or a name holding {stem}")
+    parser.add_argument("--question", default=None, help="vqa_gen: the question (the same for every image)")
+    parser.add_argument("--inference-type", choices=("allcand", "beamsearch"), default=None,
+                        help="vqa_gen: score every candidate answer (default with a candidate set) or beam search")
+    parser.add_argument("--ema-eval", action="store_true", help="use the checkpoint's EMA weights (--store-ema)")
     parser.add_argument("--bpe-dir", default=None, help="default: the --bpe-dir the checkpoint was trained with")
     add_generation_options(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
@@ -128,7 +137,7 @@ def load_checkpoint_state(path: str) -> Dict[str, Any]:
     cfg = state.get("cfg")
     task_name = cfg.task.get("_name") if cfg is not None and cfg.get("task") is not None else None
     if task_name not in TASKS:
-        raise UserError(f"{path} was trained with task {task_name!r}; predict supports {' and '.join(TASKS)} "
+        raise UserError(f"{path} was trained with task {task_name!r}; predict supports {', '.join(TASKS)} "
                         "checkpoints")
     return state
 
@@ -144,6 +153,12 @@ def check_options(args: argparse.Namespace, task_name: str) -> None:
         raise UserError("--draw: this checkpoint was trained for caption; boxes come from refcoco checkpoints")
     if task_name == "caption" and args.unrestricted_decoding:
         raise UserError("--unrestricted-decoding: only for refcoco checkpoints")
+    if task_name == "vqa_gen" and args.question is None:
+        raise UserError("this checkpoint was trained for vqa_gen: pass --question")
+    if task_name != "vqa_gen" and (args.question is not None or args.inference_type is not None):
+        raise UserError(f"--question/--inference-type: only for vqa_gen checkpoints; this one is {task_name}")
+    if task_name == "vqa_gen" and (args.text is not None or args.draw is not None):
+        raise UserError("--text/--draw: only for refcoco checkpoints; a vqa_gen checkpoint takes --question")
 
 
 def expression_text(text: str, task_cfg) -> str:
@@ -153,6 +168,16 @@ def expression_text(text: str, task_cfg) -> str:
     one_line = " ".join(text.split())
     if not pre_caption(one_line, task_cfg.max_src_length):
         raise UserError(f"--text {text!r}: nothing is left after OFA's text cleaning")
+    return one_line
+
+
+def question_text(question: str, task_cfg) -> str:
+    """``--question`` as a TSV field, checked to survive OFA's question cleaning."""
+    from ..data.text import pre_question
+
+    one_line = " ".join(question.split())
+    if not pre_question(one_line, task_cfg.max_src_length).strip(" ?"):
+        raise UserError(f"--question {question!r}: nothing is left after OFA's question cleaning")
     return one_line
 
 
@@ -180,13 +205,17 @@ def apply_overrides(state: Dict[str, Any], overrides: Dict[str, Any]) -> None:
     overwrite_args_by_name(state["cfg"], overrides)
 
 
-def write_rows(tsv: Path, task_name: str, images: Sequence[InputImage], text: Optional[str]) -> None:
+def write_rows(tsv: Path, task_name: str, images: Sequence[InputImage], text: Optional[str],
+               placeholder_answer: str = "yes") -> None:
     """One row per image in the task's field order; the unused target is a placeholder the row checks accept
-    (for refcoco a 1x1 box in the corner: inside any image, and within the bins whatever the image size)."""
+    (for refcoco a 1x1 box in the corner: inside any image, and within the bins whatever the image size; for
+    vqa_gen one of the checkpoint's candidate answers, with no object tags)."""
     with open(tsv, "w", encoding="utf-8", newline="\n") as out:
         for index, item in enumerate(images):
             if task_name == "caption":
                 fields = [str(index), item.field, PLACEHOLDER_CAPTION]
+            elif task_name == "vqa_gen":
+                fields = [str(index), item.field, text, f"1.0|!+{placeholder_answer}", ""]
             else:
                 fields = [str(index), item.field, text, "0,0,1,1"]
             out.write("\t".join(fields) + "\n")
@@ -202,7 +231,8 @@ def image_batches(task, task_name: str, images: Sequence[InputImage], text_field
 
     with tempfile.TemporaryDirectory(prefix="ofa_el_predict_") as folder:
         tsv = Path(folder) / "images.tsv"
-        write_rows(tsv, task_name, images, text_field)
+        candidates = getattr(task, "candidates", None)
+        write_rows(tsv, task_name, images, text_field, candidates.answers[0] if candidates else "yes")
         try:
             dataset = task.build_dataset(str(tsv), "test")
             for sample in task.get_batch_iterator(dataset, max_sentences=batch_size).next_epoch_itr(shuffle=False):
@@ -218,6 +248,10 @@ def predict(args: argparse.Namespace, task_name: str, model, task, images: List[
     if task_name == "refcoco":
         task.cfg.unrestricted_decoding = args.unrestricted_decoding
         generator, decoding_model = task.box_generator(model, generation_args(args, task_name))
+    elif task_name == "vqa_gen":
+        inference = args.inference_type or ("allcand" if task.candidates is not None else "beamsearch")
+        generator = task.answer_generator(model, generation_args(args, task_name)) if inference == "beamsearch" \
+            else None
     else:
         generator = task.build_generator([model], generation_args(args, task_name))
     for sample in image_batches(task, task_name, images, text_field, args.batch_size, use_cuda):
@@ -225,6 +259,11 @@ def predict(args: argparse.Namespace, task_name: str, model, task, images: List[
         if task_name == "caption":
             for item, tokens in zip(rows, task.hypotheses(generator, model, sample)):
                 item.result = {"image": item.path, "caption": task.caption_text(tokens)}
+        elif task_name == "vqa_gen":
+            with torch.no_grad():
+                answers = task.predict_answers(model, sample, inference, generator)
+            for item, answer in zip(rows, answers):
+                item.result = {"image": item.path, "question": args.question, "answer": answer}
         else:
             for item, box in zip(rows, task.predicted_boxes(generator, decoding_model, sample).tolist()):
                 found = all(math.isfinite(c) for c in box)
@@ -241,6 +280,11 @@ def load_model(args: argparse.Namespace, state: Dict[str, Any], use_cuda: bool):
                             # validation-only set-up: CIDEr tables would read the training-time data files
                             "eval_cider": False, "eval_acc": False})
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.path], state=state)
+    if args.ema_eval:
+        ema = (state.get("extra_state") or {}).get("ema")
+        if ema is None:
+            raise UserError(f"--ema-eval: {args.path} holds no EMA weights (train with --store-ema)")
+        models[0].load_state_dict(ema, strict=True)
     model = (models[0].cuda() if use_cuda else models[0]).eval()
     return model, task
 
@@ -260,6 +304,8 @@ def draw_box(image: Image.Image, box: Sequence[float], target: Path) -> None:
 def result_line(result: Dict[str, Any]) -> str:
     if "caption" in result:
         return f"{result['image']}: {result['caption']}"
+    if "answer" in result:
+        return f"{result['image']}: {result['answer']} for {json.dumps(result['question'])}"
     if result["box"] is None:
         return (f"{result['image']}: no box for {json.dumps(result['text'])} (the decoder emitted a non-bin token; "
                 "drop --unrestricted-decoding)")
@@ -280,7 +326,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     task_name = state["cfg"].task._name
     check_options(args, task_name)
     targets = draw_targets(args.draw, images) if args.draw is not None else []
-    text_field = expression_text(args.text, state["cfg"].task) if task_name == "refcoco" else None
+    text_field = expression_text(args.text, state["cfg"].task) if task_name == "refcoco" else \
+        question_text(args.question, state["cfg"].task) if task_name == "vqa_gen" else None
     use_cuda = torch.cuda.is_available() and not args.cpu
     model, task = load_model(args, state, use_cuda)
 
