@@ -120,7 +120,7 @@ class VqaDataset(CandidateDataset):
         if max_tgt_length < 1:
             raise ValueError(f"--max-tgt-length must be positive, got {max_tgt_length}")
         parser = VqaRowParser(patch_image_size, max_src_length=max_src_length, max_object_length=max_object_length,
-                              add_object=add_object, answers=candidates.index.keys() if candidates else None)
+                              add_object=add_object, answers=frozenset(candidates.answers) if candidates else None)
         super().__init__(path, split, codec, selected_cols, parser, candidates=candidates, prompt_type=prompt_type,
                          **kwargs)
         self.max_tgt_length = max_tgt_length

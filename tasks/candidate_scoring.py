@@ -6,13 +6,15 @@ the tokens the trie allows there (OFA's ``--val-inference-type allcand``). OFA r
 every (sample, candidate) pair and runs the full decoder, projecting that repeated output to attention keys and
 values in every layer; here the encoder output is computed and projected once per sample: a decoder pass
 holds the sample's candidates as rows that share the sample's encoder row (see
-``OFAAttention._shared_key_attention``), and only the answer positions are projected to the vocabulary.
+``OFAAttention._shared_key_attention``), and only the answer positions are projected, onto the tokens the trie
+allows there (the constrained softmax gives every other token probability 0).
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from fairseq.data import data_utils
 from torch import Tensor
 
@@ -25,14 +27,25 @@ def encode_batch(model, net_input: Dict[str, Tensor]):
                          patch_images=net_input.get("patch_images"), patch_masks=net_input.get("patch_masks"))
 
 
-def candidate_mask(candidates: CandidateSet, indices: Sequence[int], length: int, device) -> Tensor:
-    """``[len(indices), length, V]``: per candidate, its allowed tokens at each answer position (rows past the
-    answer's eos allow everything; they are not scored)."""
-    mask = torch.ones(len(indices), length, candidates.vocab_size, dtype=torch.bool)
+def allowed_union(candidates: CandidateSet, indices: Sequence[int]) -> List[int]:
+    """Every token some candidate of ``indices`` allows at some answer position (its own tokens included)."""
+    union = set()
+    for index in indices:
+        for allowed in candidates.allowed_rows(index):
+            union.update(allowed)
+    return sorted(union)
+
+
+def candidate_mask(candidates: CandidateSet, indices: Sequence[int], length: int, columns: Sequence[int],
+                   device) -> Tensor:
+    """``[len(indices), length, len(columns)]``: per candidate, which of the token ids ``columns`` it allows at
+    each answer position (rows past the answer's eos allow everything; they are not scored)."""
+    column_of = {token: column for column, token in enumerate(columns)}
+    mask = torch.ones(len(indices), length, len(columns), dtype=torch.bool)
     for row, index in enumerate(indices):
         for position, allowed in enumerate(candidates.allowed_rows(index)):
             mask[row, position] = False
-            mask[row, position, allowed] = True
+            mask[row, position, [column_of[token] for token in allowed]] = True
     return mask.to(device)
 
 
@@ -72,13 +85,23 @@ def score_candidates(model, net_input: Dict[str, Tensor], decoder_prompts: Seque
         positions = (prompt_lengths[:, None, None] - 1 + steps).expand(batch, len(chunk), scored_length)
         positions = positions.clamp(max=features.size(1) - 1).reshape(batch * len(chunk), scored_length)
         gathered = features.gather(1, positions[:, :, None].expand(-1, -1, features.size(-1)))
-        logits = model.decoder.output_projection(gathered).float().view(batch, len(chunk), scored_length, -1)
-        if constrained:
-            logits = logits.masked_fill(~candidate_mask(candidates, chunk, scored_length, device)[None],
-                                        float("-inf"))
-        lprobs = torch.log_softmax(logits, dim=-1)
         targets = data_utils.collate_tokens([torch.cat([a, a.new_tensor([eos])]) for a in answers], pad,
                                             left_pad=False).to(device)
+        projection = model.decoder.output_projection
+        if constrained:
+            # the trie's tokens are all a constrained softmax sees: project onto those rows of the output matrix
+            columns = allowed_union(candidates, chunk)
+            rows = torch.tensor(columns, device=device)
+            bias = projection.bias.index_select(0, rows) if projection.bias is not None else None
+            logits = F.linear(gathered, projection.weight.index_select(0, rows), bias).float()
+            logits = logits.view(batch, len(chunk), scored_length, -1).masked_fill(
+                ~candidate_mask(candidates, chunk, scored_length, columns, device)[None], float("-inf"))
+            column_of = torch.full((candidates.vocab_size,), 0, dtype=torch.long, device=device)
+            column_of[rows] = torch.arange(len(columns), device=device)
+            targets = column_of[targets]  # padding maps to column 0: masked below
+        else:
+            logits = projection(gathered).float().view(batch, len(chunk), scored_length, -1)
+        lprobs = torch.log_softmax(logits, dim=-1)
         token_scores = lprobs.gather(-1, targets[None, :, :, None].expand(batch, -1, -1, 1)).squeeze(-1)
         token_scores = token_scores.masked_fill(steps[None, None, :] >= answer_lengths[None, :, None], 0.0)
         chunks.append(token_scores.sum(-1))

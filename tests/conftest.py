@@ -1,5 +1,6 @@
 """Shared test helpers: paths, an environment for fairseq subprocesses, a tiny model and batch for criteria."""
 import os
+import subprocess
 from collections import defaultdict
 import sys
 from pathlib import Path
@@ -24,6 +25,16 @@ needs_importable_folder = pytest.mark.skipif(
 TINY_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
               "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
               "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
+
+
+def run_script(script, env, *args, timeout=600):
+    """A run_scripts/*.sh in demo mode (DEMO=1) with ``env`` added; its output, asserting it succeeded."""
+    full_env = dict(os.environ, DEMO="1", PYTHON=sys.executable, OMP_NUM_THREADS="1", **env)
+    proc = subprocess.run(["sh", str(REPO_ROOT / "run_scripts" / script), *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-5000:]
+    return output
 
 
 def venv_bin(name: str) -> str:

@@ -1,13 +1,10 @@
 """The published recipes through run_scripts (DEMO=1) on tiny generated data: train, pick the best
 checkpoint by the task metric, evaluate it with the evaluation scripts."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_MODEL
+from conftest import TINY_MODEL, run_script
 from ofa_el.tools.make_demo_data import make_demo_data
 
 SMALL_MODEL = TINY_MODEL + ["--batch-size", "8", "--max-epoch", "1", "--log-interval", "2"]
@@ -19,15 +16,6 @@ def data(tmp_path_factory):
     make_demo_data(str(out), seed=1, train_images=8, val_images=6, test_images=5, refcoco_train_images=16,
                    refcoco_eval_images=6)
     return out
-
-
-def run_script(script, env, *args, timeout=600):
-    full_env = dict(os.environ, DEMO="1", PYTHON=sys.executable, OMP_NUM_THREADS="1", **env)
-    proc = subprocess.run(["sh", str(REPO_ROOT / "run_scripts" / script), *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-5000:]
-    return output
 
 
 def assert_readable_evaluation(output, split, items):

@@ -233,3 +233,26 @@ def test_fairseq_ema_steps_an_ofa_model_and_starts_from_restored_weights(demo):
     assert with_weights_as_ema(state)["extra_state"]["ema"] is state["model"]
     kept = {"model": {"w": torch.ones(1)}, "extra_state": {"ema": {"w": torch.zeros(1)}}}
     assert with_weights_as_ema(kept)["extra_state"]["ema"]["w"].item() == 0.0
+
+
+# ---------------------------------------------------------------- the recipes
+def test_vqa_recipes_state_ofas_hyper_parameters():
+    from conftest import REPO_ROOT
+    from ofa_el.tools.launch import load_recipe
+
+    large = load_recipe(REPO_ROOT / "configs" / "vqa" / "vqa_el.yaml")
+    args = large["args"]
+    assert large["global_batch_size"] == 512 == 32 * args["batch-size"] * args["update-freq"]
+    assert (args["arch"], args["lr"], args["max-update"], args["total-num-update"], args["warmup-updates"]) == (
+        "ofa_large", 5e-5, 40000, 40000, 1000)
+    assert (args["label-smoothing"], args["encoder-drop-path-rate"], args["decoder-drop-path-rate"]) == (0.1, 0.2, 0.2)
+    assert (args["patch-image-size"], args["prompt-type"], args["val-inference-type"]) == (480, "prev_output",
+                                                                                          "allcand")
+    assert args["uses-ema"] and args["store-ema"] and args["ema-fp32"] and args["ema-decay"] == 0.9999
+    assert (args["criterion"], args["log-end"]) == ("adjust_label_smoothed_encouraging_loss", 0.75)
+    assert args["best-checkpoint-metric"] == "vqa_score" and args["maximize-best-checkpoint-metric"]
+    base = load_recipe(REPO_ROOT / "configs" / "vqa" / "vqa_base_ce.yaml")["args"]
+    assert (base["arch"], base["max-epoch"], base["warmup-ratio"], base["encoder-drop-path-rate"]) == (
+        "ofa_base", 15, 0.04, 0.1)
+    assert base["max-update"] is None and base["warmup-updates"] is None  # left out: epochs and ratio instead
+    assert base["criterion"] == "adjust_label_smoothed_cross_entropy"

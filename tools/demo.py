@@ -15,6 +15,9 @@
    image entails, contradicts or leaves open) and image classification
    (``configs/image_classify/imagenet_el.yaml``: 24 colour-shape classes, OFA's training augmentation), both
    from the caption model, and prints their test accuracy beside the majority-class baseline.
+6. ``--all`` also runs vqa (``configs/vqa/vqa_el.yaml``: synthetic questions about the shape images, finetuned
+   from the caption model) and reports the test VQA score of all-candidate and beam-search inference beside
+   the majority-answer baseline (each question kind answered with its most common training answer).
 
 Every step runs the same run_scripts a user runs (``DEMO=1``), so the demo exercises the real
 code path. Metrics go to ``demo/metrics.json``; logs to ``demo/logs``.
@@ -33,6 +36,8 @@ from typing import Dict, List, Optional
 from .launch import expand, load_recipe
 from .make_demo_data import (majority_baseline, write_caption_stage2_train, write_image_classify_sets,
                              write_snli_ve_sets)
+from .make_demo_vqa import majority_baseline as vqa_majority_baseline
+from .make_demo_vqa import write_vqa_sets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo"
@@ -42,7 +47,10 @@ GROUNDING_TRAIN_ROWS = 4000
 PART_RECIPES = {"caption": "caption/stage1_el.yaml", "caption_stage2": "caption/stage2_el.yaml",
                 "refcoco": "refcoco/refcoco_el.yaml",
                 "refcocoplus": "refcoco/refcocoplus_el.yaml", "refcocog": "refcoco/refcocog_el.yaml",
-                "snli_ve": "snli_ve/snli_ve_el.yaml", "image_classify": "image_classify/imagenet_el.yaml"}
+                "snli_ve": "snli_ve/snli_ve_el.yaml", "image_classify": "image_classify/imagenet_el.yaml",
+                "vqa": "vqa/vqa_el.yaml"}
+#: Images of the demo's VQA files (three questions each), at the caption images' size.
+VQA_TRAIN_IMAGES, VQA_EVAL_IMAGES, VQA_IMAGE_SIZE = 1000, 100, 64
 #: Updates of the stage-1 model that the stage-2 demo starts from (the full stage 1 leaves SCST little room).
 SHORT_STAGE1_UPDATES = 150
 GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
@@ -181,6 +189,25 @@ def candidate_part(part: str) -> Dict[str, Dict[str, float]]:
     return {"test": {"accuracy": accuracy, "majority_baseline": share, "majority_class": label}}
 
 
+def vqa() -> Dict[str, float]:
+    """VQA with EL from the caption model; test VQA score of both inference types beside the majority baseline."""
+    start = time.time()
+    data = DEMO / "data"
+    if not (data / "vqa_train.tsv").is_file():  # demo data written before the VQA part existed
+        write_vqa_sets(str(data), 0, VQA_TRAIN_IMAGES, VQA_EVAL_IMAGES, VQA_IMAGE_SIZE)
+    print("vqa: training the demo model with EL (configs/vqa/vqa_el.yaml) ...", flush=True)
+    run("vqa/train_vqa_el.sh", DEMO / "logs" / "vqa_train.log", {})
+    results = {"majority_baseline": vqa_majority_baseline(str(data / "vqa_train.tsv"), str(data / "vqa_test.tsv"))}
+    for inference in ("allcand", "beamsearch"):
+        out = DEMO / "results" / f"vqa_{inference}"
+        run("vqa/evaluate_vqa.sh", DEMO / "logs" / f"vqa_eval_{inference}.log",
+            {"SPLIT": "test", "RESULTS_DIR": str(out)}, "--inference-type", inference)
+        results[inference] = json.loads((out / "metrics.json").read_text())["vqa_test"]["vqa_score"]
+    print(f"vqa: {time.time() - start:.0f} s; test VQA score allcand {results['allcand']:.3f}, beamsearch "
+          f"{results['beamsearch']:.3f}, majority baseline {results['majority_baseline']:.3f}")
+    return results
+
+
 def print_table(metrics: Dict) -> None:
     print("\n== demo results (synthetic data; see README.md) ==")
     if "caption" in metrics:
@@ -200,12 +227,15 @@ def print_table(metrics: Dict) -> None:
             test = metrics[part]["test"]
             print(f"{part} test: accuracy {test['accuracy']:.3f} (majority-class baseline "
                   f"{test['majority_baseline']:.3f}, always {test['majority_class']!r})")
+    if "vqa" in metrics:
+        print("vqa test: VQA score allcand {allcand:.3f}  beamsearch {beamsearch:.3f}  (majority-answer baseline "
+              "{majority_baseline:.3f})".format(**metrics["vqa"]))
 
 
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--all", action="store_true",
-                        help="also caption stage 2, refcoco+, refcocog, snli_ve and image_classify")
+                        help="also caption stage 2, refcoco+, refcocog, vqa, snli_ve and image_classify")
     parser.add_argument("--only", choices=list(PART_RECIPES), help="run a single part")
     args = parser.parse_args(argv)
     start = time.time()
@@ -213,7 +243,8 @@ def main(argv: List[str] = None) -> None:
     if args.only:
         parts = [args.only]
     elif args.all:
-        parts = ["caption", "caption_stage2", "refcoco", "refcocoplus", "refcocog", "snli_ve", "image_classify"]
+        parts = ["caption", "caption_stage2", "refcoco", "refcocoplus", "refcocog", "vqa", "snli_ve",
+                 "image_classify"]
     else:
         parts = ["caption", "refcoco"]
     while starts_from(parts[0]) and not best_checkpoint(starts_from(parts[0])).is_file():
@@ -228,6 +259,8 @@ def main(argv: List[str] = None) -> None:
             metrics["caption"] = caption()
         elif part == "caption_stage2":
             metrics["caption_stage2"] = caption_stage2()
+        elif part == "vqa":
+            metrics["vqa"] = vqa()
         elif part in CANDIDATE_PARTS:
             metrics[part] = candidate_part(part)
         else:

@@ -1,5 +1,5 @@
-"""Evaluate a caption, refcoco, snli_ve or image_classify checkpoint on one or more splits: predictions to JSON,
-metrics printed.
+"""Evaluate a caption, refcoco, vqa_gen, snli_ve or image_classify checkpoint on one or more splits: predictions to
+JSON, metrics printed.
 
     python -m ofa_el.tools.evaluate A.tsv[,B.tsv,...] --path checkpoint_best.pt [--bpe-dir BPE] \
         --results-path results/caption [--beam 5 ...] [--metrics-json out.json]
@@ -11,9 +11,10 @@ Each file is a split named after it (``refcoco_testA.tsv`` -> ``refcoco_testA``)
 ``<results-path>/<split>_predict.json``. Caption writes ``[{"image_id", "caption"}]`` and reports
 BLEU-4, METEOR, ROUGE-L and CIDEr (pycocoevalcap against the TSV's references; SPICE is skipped
 because it needs downloads). Refcoco writes ``[{"uniq_id", "box"}]`` and reports Acc@0.5 and mean
-IoU. SNLI-VE and image classification score every candidate answer (yes/no/maybe; every class of
-``--ans2label-file``), write ``[{"uniq_id", "answer"}]`` and report the accuracy. A table of every
-split's metrics is printed at the end (and written by ``--metrics-json``).
+IoU. vqa_gen writes ``[{"question_id", "answer"}]`` and reports the VQA score (``--inference-type
+allcand|beamsearch``, ``--ema-eval`` for the EMA weights). SNLI-VE and image classification score every candidate
+answer (yes/no/maybe; every class of ``--ans2label-file``), write ``[{"uniq_id", "answer"}]`` and report the
+accuracy. A table of every split's metrics is printed at the end (and written by ``--metrics-json``).
 A progress bar (items/s, elapsed time) goes to stderr. Caption metrics need ``java`` on PATH
 (PTB tokenizer, METEOR): its absence is reported before any generation starts.
 """
@@ -48,8 +49,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--results-path", default="results", help="directory for <gen-subset>_predict.json")
     parser.add_argument("--metrics-json", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--ans2label-file", default=None,
-                        help="image_classify: the class list (default: the checkpoint's --ans2label-file)")
+                        help="vqa_gen, image_classify: the candidate answers or classes (default: the "
+                             "checkpoint's --ans2label-file)")
     add_generation_options(parser)
+    vqa = parser.add_argument_group("vqa_gen")
+    vqa.add_argument("--inference-type", choices=("allcand", "beamsearch"), default="allcand",
+                     help="allcand: every candidate answer scored (OFA's evaluate_vqa_allcand.sh); beamsearch: beam "
+                          "search constrained by the answer trie (OFA's --beam-search-vqa-eval)")
+    vqa.add_argument("--ema-eval", action="store_true", help="evaluate the checkpoint's EMA weights (--store-ema)")
+    vqa.add_argument("--valid-batch-size", type=int, default=None,
+                     help="candidates scored per decoder pass (default: the checkpoint's)")
     return parser.parse_args(argv)
 
 
@@ -60,7 +69,8 @@ def add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len-a", type=float, default=0)
     parser.add_argument("--max-len-b", type=int, default=None, help="default: 16 for caption, 4 for refcoco")
     parser.add_argument("--min-len", type=int, default=None, help="default: 1 for caption, 4 for refcoco")
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=3)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                        help="default: 3 for caption and refcoco, 0 for vqa_gen (OFA's VQA beam search blocks none)")
     parser.add_argument("--unrestricted-decoding", action="store_true",
                         help="refcoco: let the decoder emit any token as a coordinate (OFA's behaviour)")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is available")
@@ -121,24 +131,33 @@ def load(args: argparse.Namespace):
                  "bpe_dir": bpe_dir_for(args, task_cfg)}
     if args.selected_cols:
         overrides["selected_cols"] = args.selected_cols
-    if getattr(args, "ans2label_file", None):  # callers that build their own Namespace may leave it out
-        overrides["ans2label_file"] = args.ans2label_file
+    for name in ("ans2label_file", "valid_batch_size"):  # callers that build their own Namespace may leave them out
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     apply_overrides(state, overrides)
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], state=state)
     model = models[0]
+    if getattr(args, "ema_eval", False):
+        extra_state = state.get("extra_state") or {}
+        if "ema" not in extra_state:
+            raise UserError(f"--ema-eval: {args.path} holds no EMA weights (train with --store-ema)")
+        model.load_state_dict(extra_state["ema"], strict=True)
     use_cuda = torch.cuda.is_available() and not args.cpu
     model = (model.cuda() if use_cuda else model).eval()
     return model, cfg, task, use_cuda
 
 
 def generation_args(args: argparse.Namespace, task_name: str) -> argparse.Namespace:
-    box = task_name == "refcoco"
-    return argparse.Namespace(
+    box, vqa = task_name == "refcoco", task_name == "vqa_gen"
+    options = argparse.Namespace(
         beam=args.beam, max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b if args.max_len_b is not None else (4 if box else 16),
+        max_len_b=args.max_len_b if args.max_len_b is not None else (4 if box else 200 if vqa else 16),
         min_len=args.min_len if args.min_len is not None else (4 if box else 1),
-        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        no_repeat_ngram_size=args.no_repeat_ngram_size if args.no_repeat_ngram_size is not None else (0 if vqa else 3),
     )
+    if vqa:  # OFA's evaluate_vqa_beam.sh: --unnormalized --temperature=1.0; the forced prompt counts in max_len_b
+        options.unnormalized, options.temperature = True, 1.0
+    return options
 
 
 def batches(task, path: str, batch_size: int, use_cuda: bool):
@@ -212,6 +231,20 @@ def evaluate_candidates(args, path, model, task, use_cuda) -> Dict[str, float]:
                             for uniq_id, answer in zip(sample["id"], answers)]
     write_json(args, path, predictions)
     return {"accuracy": total / max(1, len(predictions)), "n": len(predictions)}
+def evaluate_vqa(args, path, model, task, use_cuda) -> Dict[str, float]:
+    """``<split>_predict.json`` as ``[{"question_id": int, "answer": str}]`` (the VQA server's format) and the
+    VQA score against the split's answers column (meaningless for a test file whose answers are placeholders)."""
+    generator = task.answer_generator(model, generation_args(args, "vqa_gen")) \
+        if args.inference_type == "beamsearch" else None
+    predictions, total = [], 0.0
+    for sample in batches(task, path, args.batch_size, use_cuda):
+        with torch.no_grad():
+            answers = task.predict_answers(model, sample, args.inference_type, generator)
+        total += sum(task.answer_scores(answers, sample["ref_dict"]))
+        predictions += [{"question_id": int(qid), "answer": answer} for qid, answer in zip(sample["id"].tolist(),
+                                                                                            answers)]
+    write_json(args, path, predictions)
+    return {"vqa_score": total / max(len(predictions), 1), "n": len(predictions)}
 
 
 def split_name(path: str) -> str:
@@ -238,8 +271,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     check_checkpoint_file(args.path, "--path")  # an empty or text file: one line, not torch's traceback
     check_bpe_dir(args.bpe_dir)
     model, cfg, task, use_cuda = load(args)
-    evaluators = {"caption": evaluate_caption, "refcoco": evaluate_refcoco, "snli_ve": evaluate_candidates,
-                  "image_classify": evaluate_candidates}
+    evaluators = {"caption": evaluate_caption, "refcoco": evaluate_refcoco, "vqa_gen": evaluate_vqa,
+                  "snli_ve": evaluate_candidates, "image_classify": evaluate_candidates}
     if cfg.task._name not in evaluators:
         raise UserError(f"{args.path} was trained with task {cfg.task._name!r}; expected one of "
                         f"{', '.join(evaluators)}")

@@ -1,13 +1,18 @@
-"""Try a trained caption, refcoco, snli_ve or image_classify checkpoint on your own pictures.
+"""Try a trained caption, refcoco, vqa_gen, snli_ve or image_classify checkpoint on your own pictures.
 
     python -m ofa_el.tools.predict --path caption_best.pt --image photo.jpg [photo2.png ...]
     python -m ofa_el.tools.predict --path refcoco_best.pt --image photo.jpg --text "the man on the left" \
         [--draw boxed.png]
+    python -m ofa_el.tools.predict --path vqa_best.pt --image photo.jpg --question "what colour is the bus?"
 
 A caption checkpoint prints one caption per image (``photo.jpg: a man riding a horse``). A grounding
 (refcoco) checkpoint needs ``--text`` and prints the box as ``x0,y0,x1,y1`` in pixels of the original
 image (``photo.jpg: 12.3,45.6,200.1,300.0 for "the man on the left"``); ``--json`` prints a JSON list
-instead. ``--draw`` writes the image with the box outlined in red: a file name for one image; for
+instead. A VQA (vqa_gen) checkpoint needs ``--question`` and prints the answer
+(``photo.jpg: red for "what colour is the bus?"``), chosen among its candidate answers by scoring every
+one (``--inference-type allcand``, the default) or by trie-constrained beam search; ``--ema-eval`` answers
+with the checkpoint's EMA weights.
+``--draw`` writes the image with the box outlined in red: a file name for one image; for
 several, an existing folder (``<folder>/<image stem>.png``) or a name holding ``{stem}``
 (``boxes/{stem}_box.jpg``).
 
@@ -48,13 +53,14 @@ from .. import claim_folder_name
 from .errors import UserError, quiet_logs, run_cli
 from .evaluate import add_generation_options, apply_overrides, bpe_dir_for, generation_args, ignore_training_settings
 
-TASKS = ("caption", "refcoco", "snli_ve", "image_classify")
+TASKS = ("caption", "refcoco", "vqa_gen", "snli_ve", "image_classify")
 #: Tasks whose answer is one of a fixed set, predicted by scoring every candidate.
 CANDIDATE_TASKS = ("snli_ve", "image_classify")
 #: The caption column of a caption row; evaluation rows need a non-empty one, generation never reads it.
 PLACEHOLDER_CAPTION = "unused"
 #: The column layout of the temporary TSV: the tasks' own field order.
-SELECTED_COLS = {"caption": "0,1,2", "refcoco": "0,1,2,3", "snli_ve": "0,1,2,3,4", "image_classify": "0,1"}
+SELECTED_COLS = {"caption": "0,1,2", "refcoco": "0,1,2,3", "vqa_gen": "0,1,2,3,4", "snli_ve": "0,1,2,3,4",
+                 "image_classify": "0,1"}
 #: The label column of an snli_ve row (a placeholder: predictions never read it).
 PLACEHOLDER_LABEL = "entailment"
 BOX_COLOUR = (255, 0, 0)
@@ -83,6 +89,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--draw", default=None,
                         help="refcoco: write the image with its box drawn: a file for one image; for several a "
                              "folder (<folder>/<stem>.png) or a name holding {stem}")
+    parser.add_argument("--question", default=None, help="vqa_gen: the question (the same for every image)")
+    parser.add_argument("--inference-type", choices=("allcand", "beamsearch"), default=None,
+                        help="vqa_gen: score every candidate answer (default with a candidate set) or beam search")
+    parser.add_argument("--ema-eval", action="store_true", help="use the checkpoint's EMA weights (--store-ema)")
     parser.add_argument("--bpe-dir", default=None, help="default: the --bpe-dir the checkpoint was trained with")
     add_generation_options(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
@@ -143,7 +153,7 @@ def load_checkpoint_state(path: str) -> Dict[str, Any]:
     cfg = state.get("cfg")
     task_name = cfg.task.get("_name") if cfg is not None and cfg.get("task") is not None else None
     if task_name not in TASKS:
-        raise UserError(f"{path} was trained with task {task_name!r}; predict supports {' and '.join(TASKS)} "
+        raise UserError(f"{path} was trained with task {task_name!r}; predict supports {', '.join(TASKS)} "
                         "checkpoints")
     return state
 
@@ -163,8 +173,15 @@ def check_options(args: argparse.Namespace, task_name: str) -> None:
         raise UserError("--unrestricted-decoding: only for refcoco checkpoints")
     if task_name != "snli_ve" and args.caption is not None:
         raise UserError("--caption: only for snli_ve checkpoints (the text premise)")
-    if task_name != "image_classify" and args.ans2label_file is not None:
-        raise UserError("--ans2label-file: only for image_classify checkpoints (the class list)")
+    if task_name not in ("image_classify", "vqa_gen") and args.ans2label_file is not None:
+        raise UserError("--ans2label-file: only for image_classify (the class list) and vqa_gen (the candidate "
+                        "answers) checkpoints")
+    if task_name == "vqa_gen" and args.question is None:
+        raise UserError("this checkpoint was trained for vqa_gen: pass --question")
+    if task_name != "vqa_gen" and (args.question is not None or args.inference_type is not None):
+        raise UserError(f"--question/--inference-type: only for vqa_gen checkpoints; this one is {task_name}")
+    if task_name == "vqa_gen" and (args.text is not None or args.draw is not None):
+        raise UserError("--text/--draw: only for refcoco checkpoints; a vqa_gen checkpoint takes --question")
 
 
 def expression_text(text: str, task_cfg, flag: str = "--text") -> str:
@@ -189,19 +206,32 @@ def premise_text(caption: Optional[str], task_cfg) -> Optional[str]:
     return expression_text(caption, task_cfg, "--caption")
 
 
+def question_text(question: str, task_cfg) -> str:
+    """``--question`` as a TSV field, checked to survive OFA's question cleaning."""
+    from ..data.text import pre_question
+
+    one_line = " ".join(question.split())
+    if not pre_question(one_line, task_cfg.max_src_length).strip(" ?"):
+        raise UserError(f"--question {question!r}: nothing is left after OFA's question cleaning")
+    return one_line
+
+
 def write_rows(tsv: Path, task_name: str, images: Sequence[InputImage], text: Optional[str],
-               caption: Optional[str] = None, class_name: Optional[str] = None) -> None:
+               caption: Optional[str] = None, placeholder_answer: Optional[str] = None) -> None:
     """One row per image in the task's field order; the unused target is a placeholder the row checks accept
     (for refcoco a 1x1 box in the corner: inside any image, and within the bins whatever the image size; for
-    image_classify the first class: image_classify's ids are row positions, the others' the first column)."""
+    vqa_gen and image_classify one of the checkpoint's candidates: image_classify's ids are row positions, the
+    others' the first column)."""
     with open(tsv, "w", encoding="utf-8", newline="\n") as out:
         for index, item in enumerate(images):
             if task_name == "caption":
                 fields = [str(index), item.field, PLACEHOLDER_CAPTION]
+            elif task_name == "vqa_gen":
+                fields = [str(index), item.field, text, f"1.0|!+{placeholder_answer}", ""]
             elif task_name == "snli_ve":
                 fields = [str(index), item.field, text, caption or PLACEHOLDER_CAPTION, PLACEHOLDER_LABEL]
             elif task_name == "image_classify":
-                fields = [item.field, class_name]
+                fields = [item.field, placeholder_answer]
             else:
                 fields = [str(index), item.field, text, "0,0,1,1"]
             out.write("\t".join(fields) + "\n")
@@ -217,8 +247,9 @@ def image_batches(task, task_name: str, images: Sequence[InputImage], text_field
 
     with tempfile.TemporaryDirectory(prefix="ofa_el_predict_") as folder:
         tsv = Path(folder) / "images.tsv"
+        candidates = getattr(task, "candidates", None)
         write_rows(tsv, task_name, images, text_field, caption=caption_field,
-                   class_name=task.candidates.answers[0] if task_name == "image_classify" else None)
+                   placeholder_answer=candidates.answers[0] if candidates is not None else None)
         try:
             dataset = task.build_dataset(str(tsv), "test")
             for sample in task.get_batch_iterator(dataset, max_sentences=batch_size).next_epoch_itr(shuffle=False):
@@ -245,6 +276,10 @@ def predict(args: argparse.Namespace, task_name: str, model, task, images: List[
     if task_name == "refcoco":
         task.cfg.unrestricted_decoding = args.unrestricted_decoding
         generator, decoding_model = task.box_generator(model, generation_args(args, task_name))
+    elif task_name == "vqa_gen":
+        inference = args.inference_type or ("allcand" if task.candidates is not None else "beamsearch")
+        generator = task.answer_generator(model, generation_args(args, task_name)) if inference == "beamsearch" \
+            else None
     else:
         generator = task.build_generator([model], generation_args(args, task_name))
     for sample in image_batches(task, task_name, images, text_field, args.batch_size, use_cuda):
@@ -252,6 +287,11 @@ def predict(args: argparse.Namespace, task_name: str, model, task, images: List[
         if task_name == "caption":
             for item, tokens in zip(rows, task.hypotheses(generator, model, sample)):
                 item.result = {"image": item.path, "caption": task.caption_text(tokens)}
+        elif task_name == "vqa_gen":
+            with torch.no_grad():
+                answers = task.predict_answers(model, sample, inference, generator)
+            for item, answer in zip(rows, answers):
+                item.result = {"image": item.path, "question": args.question, "answer": answer}
         else:
             for item, box in zip(rows, task.predicted_boxes(generator, decoding_model, sample).tolist()):
                 found = all(math.isfinite(c) for c in box)
@@ -269,6 +309,11 @@ def load_model(args: argparse.Namespace, state: Dict[str, Any], use_cuda: bool):
         overrides["ans2label_file"] = args.ans2label_file
     apply_overrides(state, overrides)
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.path], state=state)
+    if args.ema_eval:
+        ema = (state.get("extra_state") or {}).get("ema")
+        if ema is None:
+            raise UserError(f"--ema-eval: {args.path} holds no EMA weights (train with --store-ema)")
+        models[0].load_state_dict(ema, strict=True)
     model = (models[0].cuda() if use_cuda else models[0]).eval()
     return model, task
 
@@ -289,6 +334,8 @@ def result_line(result: Dict[str, Any]) -> str:
     if "caption" in result:
         return f"{result['image']}: {result['caption']}"
     if "answer" in result:
+        if "question" in result:
+            return f"{result['image']}: {result['answer']} for {json.dumps(result['question'])}"
         hypothesis = f" for {json.dumps(result['text'])}" if "text" in result else ""
         return f"{result['image']}: {result['answer']}{hypothesis}"
     if result["box"] is None:
@@ -311,7 +358,8 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     task_name = state["cfg"].task._name
     check_options(args, task_name)
     targets = draw_targets(args.draw, images) if args.draw is not None else []
-    text_field = expression_text(args.text, state["cfg"].task) if task_name in ("refcoco", "snli_ve") else None
+    text_field = expression_text(args.text, state["cfg"].task) if task_name in ("refcoco", "snli_ve") else \
+        question_text(args.question, state["cfg"].task) if task_name == "vqa_gen" else None
     caption_field = premise_text(args.caption, state["cfg"].task) if task_name == "snli_ve" else None
     use_cuda = torch.cuda.is_available() and not args.cpu
     model, task = load_model(args, state, use_cuda)

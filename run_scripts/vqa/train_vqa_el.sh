@@ -1,0 +1,7 @@
+#!/bin/sh
+# VQAv2 finetuning with Encouraging Loss, log_end 0.75, ofa_large (OFA's recipe with the EL criterion).
+# Hyper-parameters: configs/vqa/vqa_el.yaml. Paths and processes from the environment:
+#   DATA_DIR BPE_DIR RESTORE_FILE SAVE_DIR; NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT;
+#   DEMO=1 trains the CPU-sized demo variant on demo/data (make demo-all generates it).
+# Usage: nohup sh run_scripts/vqa/train_vqa_el.sh > train_vqa_el.log 2>&1 &
+exec sh "$(dirname "$0")/../launch.sh" vqa/vqa_el.yaml "$@"
