@@ -537,11 +537,6 @@ def train_two_updates(data_files, task, bpe, selected_cols, *extra):
     assert "num_updates=2" in output and "Stopping training due to num_updates: 2" in output, output[-4000:]
 
 
-def needs_check_data_task(task):
-    return pytest.mark.skipif(task not in check_data.TASKS,
-                              reason=f"check_data has no --task {task} yet: its task is added on another branch")
-
-
 def test_karpathy_output_passes_check_data_and_trains(tmp_path):
     annotations, images = karpathy_set(tmp_path)
     out = tmp_path / "out"
@@ -560,7 +555,6 @@ def test_refcoco_output_passes_check_data_and_trains(tmp_path):
     train_two_updates([train, val], "refcoco", make_bpe(tmp_path / "bpe", [train, val], [2]), "0,4,2,3")
 
 
-@needs_check_data_task("vqa_gen")
 def test_vqa_output_passes_check_data_and_trains(tmp_path):
     questions, annotations, images = vqa_set(tmp_path)
     out = tmp_path / "out"
@@ -571,7 +565,6 @@ def test_vqa_output_passes_check_data_and_trains(tmp_path):
                       "--ans2label-file", ans2label)
 
 
-@needs_check_data_task("snli_ve")
 def test_snli_ve_output_passes_check_data_and_trains(tmp_path):
     path, images = snli_ve_set(tmp_path)
     out = tmp_path / "out"
@@ -581,7 +574,6 @@ def test_snli_ve_output_passes_check_data_and_trains(tmp_path):
     train_two_updates([tsv, tsv], "snli_ve", make_bpe(tmp_path / "bpe", [tsv], [3, 4]), "0,2,3,4,5")
 
 
-@needs_check_data_task("image_classify")
 def test_imagenet_output_passes_check_data_and_trains(tmp_path):
     synsets, images, _ = imagenet_set(tmp_path)
     out = tmp_path / "out"
