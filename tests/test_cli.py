@@ -66,7 +66,8 @@ def test_recipe_names_resolve_and_wrong_ones_list_close_matches(tmp_path, monkey
     assert "refcoco/refcocoplus_el" in message.split("close matches: ")[1]
     assert str(tmp_path / "refcocopluss_el") in message and str(REPO_ROOT / "configs") in message
     assert "ofa-el recipes" in message
-    with pytest.raises(RecipeError, match="several folders: caption/evaluate, refcoco/evaluate"):
+    with pytest.raises(RecipeError, match="several folders: caption/evaluate, image_classify/evaluate, "
+                                          "refcoco/evaluate, snli_ve/evaluate, vqa/evaluate"):
         recipe_path(Path("evaluate"))
 
 

@@ -269,7 +269,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
         if not os.path.isfile(path):
             raise UserError(f"file not found: {path}")
     check_checkpoint_file(args.path, "--path")  # an empty or text file: one line, not torch's traceback
-    check_bpe_dir(args.bpe_dir)
+    if args.bpe_dir is not None:  # else the checkpoint's own folder, checked once the checkpoint is read
+        check_bpe_dir(args.bpe_dir)
     model, cfg, task, use_cuda = load(args)
     evaluators = {"caption": evaluate_caption, "refcoco": evaluate_refcoco, "vqa_gen": evaluate_vqa,
                   "snli_ve": evaluate_candidates, "image_classify": evaluate_candidates}
