@@ -33,10 +33,9 @@ import torch
 
 from .. import claim_folder_name
 from .errors import UserError, quiet_logs, run_cli
-from .preflight import check_bpe_dir, check_checkpoint_file
+from .preflight import BPE_FILES, check_bpe_dir, check_checkpoint_file
 
 logger = logging.getLogger("ofa_el.evaluate")
-BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
