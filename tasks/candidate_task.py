@@ -17,7 +17,7 @@ from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum
 
 from ..data.candidates import CandidateSet, load_answer_list, parse_answer_dict
-from .candidate_scoring import TriePrefixConstraint, best_candidates
+from .candidate_scoring import TrieBeamSearch, TriePrefixConstraint, best_candidates
 from .ofa_task import OFATask, OFATaskConfig
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,10 @@ class CandidateTask(OFATask):
         """A beam search (``--eval-args`` unless given) that forces each sample's prompt and then, with a
         candidate set, follows the trie."""
         args = generation_args if generation_args is not None else self.generation_args()
-        return self.build_generator([model], args, prefix_allowed_tokens_fn=self.trie_constraint)
+        generator = self.build_generator([model], args, prefix_allowed_tokens_fn=self.trie_constraint)
+        if self.trie_constraint is not None:  # renormalised over the trie's tokens, as OFA's generator
+            generator.search = TrieBeamSearch(self.target_dictionary, self.trie_constraint)
+        return generator
 
     def predict_answers(self, model, sample, inference_type: Optional[str] = None, generator=None) -> List[str]:
         """One answer string per sample of the batch, by all-candidate scoring or constrained beam search."""

@@ -244,3 +244,37 @@ def test_a_step_with_one_allowed_token_adds_no_loss_and_no_gradient(impl, criter
     dropped[single] = 1  # the same batch without that token (pad): the loss must not change
     without = loss_of(dict(sample, target=dropped, constraint_masks=masks))
     torch.testing.assert_close(with_single, without)
+
+
+def trie_beam_search(model, net_input, prompts, candidates, codec, search_class):
+    """The best hypothesis (answer tokens, score) per sample of an exhaustive trie-constrained beam search."""
+    from fairseq.sequence_generator import SequenceGenerator
+
+    constraint = TriePrefixConstraint(candidates)
+    generator = SequenceGenerator([model], codec.dictionary, beam_size=len(candidates), max_len_b=30,
+                                  normalize_scores=False, search_strategy=search_class(codec.dictionary, constraint))
+    prefix_tokens = data_utils.collate_tokens([p[1:] for p in prompts], codec.dictionary.pad(), left_pad=False)
+    constraint.set_prefixes(prefix_tokens)
+    with torch.no_grad():
+        outputs = generator.generate([model], {"net_input": net_input}, prefix_tokens=prefix_tokens,
+                                     bos_token=codec.dictionary.bos())
+    return [(out[0]["tokens"][len(p) - 1:-1].tolist(), float(out[0]["score"])) for out, p in zip(outputs, prompts)]
+
+
+@pytest.mark.parametrize("prompt_type", ["none", "prev_output"])
+def test_trie_beam_search_scores_answers_as_all_candidate_scoring(codec, prompt_type):
+    """A beam as wide as the candidate set explores the whole trie, so it must find all-candidate scoring's best
+    answer with the same score: each step renormalised over the trie's tokens (OFA's generator), the forced prompt
+    adding nothing. fairseq's own prefix-constrained search fails this: it charges every step for the
+    probability mass outside the trie."""
+    from ofa_el.tasks.candidate_scoring import TrieBeamSearch
+
+    model = tiny_model(codec)
+    candidates = CandidateSet(ANSWERS, codec)
+    net_input, sources = batch_of(codec, [" what colour is the circle?", " how many?", " is there a red square?"])
+    prompts = [decoder_prompt(s, prompt_type, codec.dictionary.bos()) for s in sources]
+    scores = score_candidates(model, net_input, prompts, candidates)
+    found = trie_beam_search(model, net_input, prompts, candidates, codec, TrieBeamSearch)
+    for b, (tokens, score) in enumerate(found):
+        assert tokens == candidates.tokens[int(scores[b].argmax())].tolist()
+        assert score == pytest.approx(float(scores[b].max()), abs=1e-4)
