@@ -3,11 +3,13 @@
 All-candidate scoring ranks every candidate answer ``a`` of a sample by its log-likelihood under the model,
 ``sum_t log p(a_t | prompt, a_<t)`` over the answer tokens and eos, each step's distribution renormalised over
 the tokens the trie allows there (OFA's ``--val-inference-type allcand``). OFA repeats the encoder output for
-every (sample, candidate) pair and runs the full decoder, projecting that repeated output to attention keys and
-values in every layer; here the encoder output is computed and projected once per sample: a decoder pass
-holds the sample's candidates as rows that share the sample's encoder row (see
-``OFAAttention._shared_key_attention``), and only the answer positions are projected, onto the tokens the trie
-allows there (the constrained softmax gives every other token probability 0).
+every (sample, candidate) pair and runs the full decoder over prompt and answer, projecting that repeated
+output to attention keys and values in every layer. Here the encoder output is computed and projected to keys
+and values once per batch, each sample's decoder prompt is decoded once (incrementally, its self-attention
+cache kept), and each pass decodes only the answer tokens of many candidates, as rows that share their
+sample's prompt cache and encoder row (see ``OFAAttention._shared_key_attention``); only the answer positions
+are projected, onto the tokens the trie allows there (the constrained softmax gives every other token
+probability 0).
 """
 from __future__ import annotations
 
