@@ -1,6 +1,7 @@
 """Task vqa_gen: rows, samples per prompt type, check_data, conf weighting, VQA score, allcand and beam validation."""
 import base64
 import io
+import json
 import pickle
 
 import pytest
@@ -170,6 +171,21 @@ def test_validation_logs_the_vqa_score_of_its_answers(demo, inference):
     with metrics.aggregate() as agg:
         task.reduce_metrics([log, log], criterion)
     assert agg.get_smoothed_values()["vqa_score"] == round(log["_vqa_score_sum"] / 4, 4)
+
+
+def test_beam_search_as_wide_as_the_answer_set_finds_the_all_candidate_answers(demo):
+    """Such a beam explores the whole trie: with each step renormalised over the trie's tokens (OFA's generator)
+    its best hypothesis is all-candidate scoring's best answer. fairseq's own prefix-constrained search also
+    charges the probability outside the trie at every step and favours short answers."""
+    beam = json.dumps({"beam": len(ANSWERS), "unnormalized": True})
+    task, args = setup_task(demo, "--prompt-type", "prev_output", "--val-inference-type", "beamsearch",
+                            "--eval-args", beam)
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    model = task.build_model(args).eval()
+    batch = dataset.collater([dataset[i] for i in range(6)])
+    with torch.no_grad():
+        assert task.predict_answers(model, batch) == task.predict_answers(model, batch, "allcand")
 
 
 def test_uses_ema_scores_with_the_ema_model(demo):
