@@ -65,8 +65,10 @@ def score_candidates(model, net_input: Dict[str, Tensor], decoder_prompts: Seque
     together); its cached self-attention keys and values then serve every candidate, so a pass decodes only
     the answer tokens. Each pass scores ``candidates_per_pass`` candidates of every sample (candidates of similar
     length together: a pass takes as many steps as its longest answer), so memory is bounded by
-    ``B x candidates_per_pass`` decoder rows. ``constrained=False`` normalises over the whole vocabulary instead
-    of the trie's allowed tokens. The model should be in eval mode.
+    ``B x candidates_per_pass`` decoder rows. When every candidate fits in one pass (SNLI-VE's three answers), one
+    ordinary decoder pass over ``prompt + answer`` rows does it all: the prompt cache would save no second pass,
+    and its step-by-step prompt decoding costs more small calls than that pass. ``constrained=False`` normalises
+    over the whole vocabulary instead of the trie's allowed tokens. The model should be in eval mode.
     """
     if candidates_per_pass < 1:
         raise ValueError(f"candidates per pass must be positive, got {candidates_per_pass}")
@@ -74,6 +76,10 @@ def score_candidates(model, net_input: Dict[str, Tensor], decoder_prompts: Seque
     encoder_out = encode_batch(model, net_input)
     device = net_input["src_tokens"].device
     prompts = [p.to(device, torch.long) for p in decoder_prompts]
+    if len(indices) <= candidates_per_pass:
+        features = full_pass_features(model.decoder, prompts, encoder_out, [candidates.tokens[j] for j in indices],
+                                      candidates.pad)
+        return answer_log_likelihoods(model.decoder.output_projection, features, candidates, indices, constrained)
     scores = torch.empty(len(prompts), len(indices), device=device)
     by_length = sorted(range(len(indices)), key=lambda k: len(candidates.tokens[indices[k]]))
     for rows in prompt_length_groups(prompts):
@@ -135,6 +141,22 @@ def answer_features(decoder, prompt: Tensor, last_features: Tensor, prompt_state
                               features_only=True)
         steps.append(features[:, -1])
     return torch.stack(steps, dim=1).view(batch, group, len(steps), -1)
+
+
+def full_pass_features(decoder, prompts: Sequence[Tensor], encoder_out, answers: Sequence[Tensor],
+                       pad: int) -> Tensor:
+    """:func:`answer_features` by one ordinary decoder pass over the rows ``prompt_b + answer_j`` (sample-major,
+    right-padded; each sample's rows share its encoder row): the features at ``len(prompt_b) - 1 + t``."""
+    batch, group = len(prompts), len(answers)
+    tokens = data_utils.collate_tokens([torch.cat([p, a.to(p.device)]) for p in prompts for a in answers], pad,
+                                       left_pad=False)
+    features, _ = decoder(tokens, encoder_out=encoder_out, features_only=True)
+    steps = torch.arange(max(len(a) for a in answers) + 1, device=tokens.device)
+    prompt_lengths = torch.tensor([len(p) for p in prompts], device=tokens.device)
+    positions = (prompt_lengths[:, None, None] - 1 + steps).expand(batch, group, len(steps))
+    positions = positions.clamp(max=features.size(1) - 1).reshape(batch * group, len(steps))
+    gathered = features.gather(1, positions[:, :, None].expand(-1, -1, features.size(-1)))
+    return gathered.view(batch, group, len(steps), -1)
 
 
 def answer_log_likelihoods(projection, features: Tensor, candidates: CandidateSet, chunk: Sequence[int],
