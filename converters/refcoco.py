@@ -13,6 +13,7 @@ import os
 from typing import Dict, Iterator, List, Sequence
 
 from ..data.safe_pickle import load_restricted_pickle
+from ..errors import InvalidDataError, OptionError
 from .entries import (IMAGE, Box, Entry, InvalidEntry, Item, Row, group_by_first_appearance, load_json, one_line,
                       require)
 from .writer import Conversion, OutputFile
@@ -27,7 +28,7 @@ def load_refs(path: str) -> List[dict]:
     """The refs pickle: a list of dicts of plain data; anything that would import a global is refused."""
     refs = load_restricted_pickle(path, "--refs", "RefCOCO refs file", holds="lists, dicts, strings and numbers")
     if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
-        raise ValueError(f"--refs {path}: expected a list of refs (dicts), got {type(refs).__name__}")
+        raise OptionError(f"--refs {path}: expected a list of refs (dicts), got {type(refs).__name__}")
     return refs
 
 
@@ -35,15 +36,15 @@ def refcoco_row(key: str, uniq_id: str, image_id: str, text: str, box: Box) -> R
     """A refcoco TSV row (uniq-id, image-id, expression, region, image); ``ValueError`` for an empty expression."""
     text = one_line(text)
     if not text:
-        raise ValueError("the expression is empty")
+        raise InvalidDataError("the expression is empty")
     return Row(key, (uniq_id, image_id, text, box, IMAGE))
 
 
 def default_set_name(refs_path: str) -> str:
     folder = os.path.basename(os.path.dirname(os.path.abspath(refs_path)))
     if folder not in SET_NAMES:
-        raise ValueError(f"--refs {refs_path}: cannot tell the set from its folder {folder!r} (refer's folders are "
-                         f"{', '.join(SET_NAMES)}): give --set-name")
+        raise OptionError(f"--refs {refs_path}: cannot tell the set from its folder {folder!r} (refer's folders are "
+                          f"{', '.join(SET_NAMES)}): give --set-name")
     return SET_NAMES[folder]
 
 
@@ -62,10 +63,10 @@ def split_items(refs_path: str, images_dir: str, refs: List[dict], images: Dict,
                 require(ref, ("ref_id", "ann_id", "sentences"))
                 annotation = annotations.get(ref["ann_id"])
                 if annotation is None:
-                    raise ValueError(f"annotation {ref['ann_id']} is not in --instances")
+                    raise InvalidDataError(f"annotation {ref['ann_id']} is not in --instances")
                 box = Box.from_xywh(annotation.get("bbox"))
                 if not ref["sentences"]:
-                    raise ValueError("no expressions")
+                    raise InvalidDataError("no expressions")
             except (ValueError, TypeError) as err:
                 yield InvalidEntry(refs_path, ref_key, str(err))
                 continue

@@ -19,6 +19,7 @@ from typing import IO, Deque, Dict, Iterable, Iterator, List, Optional, Sequence
 from tqdm import tqdm
 
 from ..data.refcoco_dataset import parse_region
+from ..errors import OptionError
 from .entries import IMAGE, Box, Entry, InvalidEntry, Item, Row, format_number
 from .images import EncodedImage, ImageEncoder
 
@@ -258,7 +259,7 @@ def write_tsv_files(outputs: Iterable[OutputFile], out_dir: str, encoder: ImageE
     """Every output file into ``out_dir`` with one pool of ``workers`` encoding processes (none for 1);
     the summaries and the entries skipped (``skip_invalid``; otherwise the first one raises)."""
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+        raise OptionError(f"--workers must be at least 1, got {workers}")
     os.makedirs(out_dir, exist_ok=True)
     policy = InvalidEntryPolicy(skip_invalid)
     pool_context = nullcontext() if workers == 1 else multiprocessing.Pool(workers, _start_worker, (encoder,))

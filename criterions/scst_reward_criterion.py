@@ -32,6 +32,7 @@ from omegaconf import II
 from torch import Tensor
 
 from ..data.scoring import SCST_END_TOKEN, cider, document_frequency_of, load_cider_document_frequency
+from ..errors import OptionError
 from ..losses.terms import support_mask_from_range
 from .adjust_label_smoothed_cross_entropy import parse_constraint_range
 
@@ -80,10 +81,10 @@ class ScstRewardCriterion(FairseqCriterion):
                  ignore_prefix_size: int = 0, constraint_range: Optional[str] = None):
         super().__init__(task)
         if not getattr(getattr(task, "cfg", None), "scst", False):
-            raise ValueError("--criterion scst_reward_criterion needs --task caption with --scst (training rows then "
-                             "keep all &&-joined references of their image)")
+            raise OptionError("--criterion scst_reward_criterion needs --task caption with --scst (training rows then "
+                              "keep all &&-joined references of their image)")
         if ignore_prefix_size < 0:
-            raise ValueError(f"--ignore-prefix-size: must be >= 0, got {ignore_prefix_size}")
+            raise OptionError(f"--ignore-prefix-size: must be >= 0, got {ignore_prefix_size}")
         self.sentence_avg = sentence_avg
         self.ignore_prefix_size = ignore_prefix_size
         dictionary = task.target_dictionary

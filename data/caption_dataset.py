@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
+from ..errors import InvalidDataError, OptionError
 from .ofa_dataset import BASE_BATCH_EXTRAS, OFADataset, RowParser, image_to_tensor
 from .text import TextCodec, clean_references, clean_train_caption
 
@@ -44,7 +45,7 @@ class CaptionRowParser(RowParser):
     def __post_init__(self):
         super().__post_init__()
         if self.max_tgt_length < 1:
-            raise ValueError(f"--max-tgt-length must be positive, got {self.max_tgt_length}")
+            raise OptionError(f"--max-tgt-length must be positive, got {self.max_tgt_length}")
 
     def parse(self, fields: Dict[str, str]) -> CaptionRow:
         image = self.load_image(fields["image"])
@@ -52,12 +53,12 @@ class CaptionRowParser(RowParser):
         if not holds_references:
             target_text = clean_train_caption(fields["caption"], self.max_tgt_length)
             if not target_text:
-                raise ValueError(f"caption column is empty after cleaning: {fields['caption']!r}")
+                raise InvalidDataError(f"caption column is empty after cleaning: {fields['caption']!r}")
             return CaptionRow(fields["uniq_id"], image, target_text, None)
         references = clean_references(fields["caption"])
         empty = [k + 1 for k, ref in enumerate(references) if not ref]
         if empty:
-            raise ValueError(f"caption column: reference(s) {empty} of {len(references)} empty after cleaning")
+            raise InvalidDataError(f"caption column: reference(s) {empty} of {len(references)} empty after cleaning")
         return CaptionRow(fields["uniq_id"], image, REFERENCE_SEPARATOR.join(references), references)
 
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Dict, FrozenSet, Sequence, Tuple, Union
 
 from PIL import Image
 
+from ..errors import InvalidDataError
 from .augment import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_train_transform, eval_transform
 from .candidate_dataset import CandidateDataset
 from .candidates import CandidateSet
@@ -48,7 +49,7 @@ class ImageClassifyRowParser(RowParser):
     def __post_init__(self):
         super().__post_init__()
         if not self.classes:
-            raise ValueError(f"{self.classes_source}: the class list is empty")
+            raise InvalidDataError(f"{self.classes_source}: the class list is empty")
         self._class_set = frozenset(self.classes)
 
     def parse(self, fields: Dict[str, str]) -> ImageClassifyRow:
@@ -57,8 +58,8 @@ class ImageClassifyRowParser(RowParser):
             hint = ""
             if name.strip() in self._class_set:
                 hint = " (it is, without the surrounding whitespace)"
-            raise ValueError(f"class column: {name!r} is not in the class list ({self.classes_source}, "
-                             f"{len(self._class_set)} classes){hint}")
+            raise InvalidDataError(f"class column: {name!r} is not in the class list ({self.classes_source}, "
+                                   f"{len(self._class_set)} classes){hint}")
         return ImageClassifyRow(self.load_image(fields["image"]), name)
 
 

@@ -21,6 +21,7 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InvalidDataError, OptionError
 from .text import TextCodec
 from .tsv import InvalidRowError, TsvFile, parse_selected_cols
 
@@ -46,23 +47,23 @@ BASE_BATCH_EXTRAS: Dict[str, str] = {"conf": "conf"}
 def decode_base64(field: str) -> bytes:
     """Strict base64 decoding that accepts both the URL-safe and the standard alphabet.
 
-    Raises ``ValueError`` for any character outside the alphabets or wrong padding, where
+    Raises :class:`~ofa_el.errors.InvalidDataError` for any character outside the alphabets or wrong padding, where
     Python's lenient decoder would silently drop characters.
     """
     try:
         return base64.b64decode(field.encode("ascii").translate(_STANDARD_ALPHABET), validate=True)
     except (UnicodeEncodeError, binascii.Error) as err:
-        raise ValueError(f"invalid base64 ({err})") from None
+        raise InvalidDataError(f"invalid base64 ({err})") from None
 
 
 def decode_image(field: str) -> Image.Image:
     """A base64 image field to an RGB PIL image, fully decoded.
 
     Unlike OFA (``LOAD_TRUNCATED_IMAGES = True``), truncated or corrupt images raise
-    ``ValueError`` instead of being padded with grey pixels and trained on.
+    :class:`~ofa_el.errors.InvalidDataError` instead of being padded with grey pixels and trained on.
     """
     if not field:
-        raise ValueError("empty image field")
+        raise InvalidDataError("empty image field")
     data = decode_base64(field)
     try:
         image = Image.open(io.BytesIO(data))
@@ -71,7 +72,7 @@ def decode_image(field: str) -> Image.Image:
     except _IMAGE_ERRORS as err:
         # PIL's message for an unknown format names the BytesIO object's address, which differs per run
         detail = "not an image format PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
-        raise ValueError(f"undecodable or truncated image ({type(err).__name__}: {detail})") from None
+        raise InvalidDataError(f"undecodable or truncated image ({type(err).__name__}: {detail})") from None
 
 
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
@@ -106,8 +107,8 @@ def selected_field_columns(selected_cols: Union[None, str, Sequence[int]], field
     """``--selected-cols`` parsed, checked to name exactly one column per field of ``owner``."""
     columns = parse_selected_cols(selected_cols)
     if columns is None or len(columns) != len(field_names):
-        raise ValueError(f"--selected-cols {selected_cols!r}: {owner} needs {len(field_names)} columns "
-                         f"({', '.join(field_names)})")
+        raise OptionError(f"--selected-cols {selected_cols!r}: {owner} needs {len(field_names)} columns "
+                          f"({', '.join(field_names)})")
     return columns
 
 
@@ -115,7 +116,7 @@ def selected_field_columns(selected_cols: Union[None, str, Sequence[int]], field
 class RowParser:
     """Checks and decodes one row's named fields without a BPE; the one place a task's row checks live.
 
-    :meth:`parse` raises ``ValueError`` with the reason (no file or row: the caller knows those).
+    :meth:`parse` raises :class:`~ofa_el.errors.InvalidDataError` with the reason (no file or row: the caller knows those).
     Subclasses set ``FIELDS`` and add their options; options are checked on construction, so
     training and ``check_data`` reject the same bad values.
     """
@@ -127,10 +128,10 @@ class RowParser:
 
     def __post_init__(self):
         if self.patch_image_size < 1:
-            raise ValueError(f"--patch-image-size must be positive, got {self.patch_image_size}")
+            raise OptionError(f"--patch-image-size must be positive, got {self.patch_image_size}")
 
     def parse(self, fields: Dict[str, str]) -> Any:
-        """What ``build_sample`` needs from the row, or ``ValueError(reason)``."""
+        """What ``build_sample`` needs from the row, or ``InvalidDataError(reason)``."""
         raise NotImplementedError
 
     @staticmethod
@@ -138,8 +139,8 @@ class RowParser:
         """The image column decoded in full; the reason names the column."""
         try:
             return decode_image(field)
-        except ValueError as err:
-            raise ValueError(f"image column: {err}") from None
+        except InvalidDataError as err:
+            raise InvalidDataError(f"image column: {err}") from None
 
 
 class OFADataset(FairseqDataset):
@@ -211,7 +212,7 @@ class OFADataset(FairseqDataset):
         """The parser's checked, decoded row; a malformed row raises :class:`InvalidRowError` with its file and row."""
         try:
             return self.parser.parse(fields)
-        except ValueError as err:
+        except InvalidDataError as err:
             raise self.row_error(index, str(err)) from None
 
     def row_error(self, index: int, reason: str) -> InvalidRowError:
@@ -287,9 +288,9 @@ class OFADataset(FairseqDataset):
         trainer replaces by a zero-weighted dummy batch.
         """
         if max_tokens is not None:
-            raise ValueError("--max-tokens is not supported: OFA datasets batch a fixed number of rows (--batch-size)")
+            raise OptionError("--max-tokens is not supported: OFA datasets batch a fixed number of rows (--batch-size)")
         if not max_sentences or max_sentences < 1:
-            raise ValueError("--batch-size is required: OFA datasets batch a fixed number of rows")
+            raise OptionError("--batch-size is required: OFA datasets batch a fixed number of rows")
         batches = [indices[start:start + max_sentences] for start in range(0, len(indices), max_sentences)]
         largest_shard = -(-self.tsv.total_rows // self.tsv.slice_count)
         steps = -(-largest_shard // max_sentences)
