@@ -29,7 +29,7 @@ KARPATHY_FILES: Sequence[Tuple[str, Tuple[str, ...], bool]] = (
 
 
 def checked_caption(text: str, what: str) -> str:
-    """``text`` on one line; ``ValueError`` if training would find it empty or it holds ``&&``."""
+    """``text`` on one line; ``InvalidDataError`` if training would find it empty or it holds ``&&``."""
     text = one_line(text)
     if not clean_train_caption(text, max(1, len(text))):
         raise InvalidDataError(f"{what} is empty after cleaning: {text!r}")
@@ -123,7 +123,8 @@ def coco(args: argparse.Namespace) -> Conversion:
     for number, annotation in enumerate(data["annotations"]):
         if not (isinstance(annotation, dict) and "image_id" in annotation
                 and isinstance(annotation.get("caption"), str)):
-            raise InvalidDataError(f"{args.annotations}: annotation {number}: expected an object with image_id and caption")
+            raise InvalidDataError(f"{args.annotations}: annotation {number}: expected an object with image_id and "
+                                   "caption")
         captions.setdefault(annotation["image_id"], []).append(annotation["caption"])
     images = data["images"]
     rows = (sum(len(captions.get(i.get("id"), ())) for i in images if isinstance(i, dict)) if args.per_caption

@@ -40,7 +40,7 @@ class Box:
 
     @classmethod
     def from_xywh(cls, xywh: Any) -> "Box":
-        """COCO's ``[x, y, width, height]``; ``ValueError`` unless it is four finite numbers with w, h > 0."""
+        """COCO's ``[x, y, width, height]``; ``InvalidDataError`` unless it is four finite numbers with w, h > 0."""
         if not (isinstance(xywh, (list, tuple)) and len(xywh) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xywh)):
             raise InvalidDataError(f"bbox must be [x, y, width, height], got {xywh!r}")
@@ -107,7 +107,7 @@ def format_number(value: float) -> str:
 
 
 def join_fields(values: Iterable[str], what: str) -> str:
-    """``values`` joined by ``&&``; ``ValueError`` if one is empty or holds the separator itself."""
+    """``values`` joined by ``&&``; ``InvalidDataError`` if one is empty or holds the separator itself."""
     values = list(values)
     for value in values:
         if not value:
@@ -142,8 +142,18 @@ def read_jsonl(path: str, option: str) -> Iterator[Tuple[int, Any]]:
                 raise InvalidDataError(f"{path}: line {number}: not valid JSON ({err})") from None
 
 
+def linked_annotation(record: Any, keys: Iterable[str], link: str, annotations: Dict[Any, T], missing: str) -> T:
+    """``annotations[record[link]]`` once ``record`` is checked to hold ``keys`` (:func:`require`); an
+    :class:`~ofa_el.errors.InvalidDataError` with reason ``missing`` (``{}`` in it: the id) when none has that id."""
+    require(record, keys)
+    annotation = annotations.get(record[link])
+    if annotation is None:
+        raise InvalidDataError(missing.format(record[link]))
+    return annotation
+
+
 def require(record: Any, keys: Iterable[str], where: str = "") -> None:
-    """``ValueError`` (naming ``where`` if given) unless ``record`` is a JSON object holding every key."""
+    """``InvalidDataError`` (naming ``where`` if given) unless ``record`` is a JSON object holding every key."""
     prefix = f"{where}: " if where else ""
     if not isinstance(record, dict):
         raise InvalidDataError(f"{prefix}expected a JSON object, got {type(record).__name__}")

@@ -39,7 +39,8 @@ def read_synsets(path: str) -> List[Tuple[str, List[str]]]:
             wnid, _, names = line.strip().partition(" ")
             synonyms = [one_line(name) for name in names.split(",") if one_line(name)]
             if not wnid or not synonyms:
-                raise InvalidDataError(f"{path}: line {number}: expected '<wnid> <name>[, <name>...]', got {line.strip()!r}")
+                raise InvalidDataError(f"{path}: line {number}: expected '<wnid> <name>[, <name>...]', got "
+                                       f"{line.strip()!r}")
             synsets.append((wnid, synonyms))
     wnids = Counter(wnid for wnid, _ in synsets)
     repeated = sorted(wnid for wnid, count in wnids.items() if count > 1)
@@ -90,7 +91,8 @@ def folder_images(split_dir: str, wnids: Dict[str, int]) -> List[Tuple[str, str]
 def flat_images(split_dir: str, solution: Optional[str]) -> List[Tuple[str, Optional[str]]]:
     """``(path, wnid or None)`` of a flat folder labelled by LOC_val_solution.csv (None: no label found)."""
     if solution is None:
-        raise InvalidDataError(f"{split_dir}: no class folders; give --annotations LOC_val_solution.csv for a flat folder")
+        raise InvalidDataError(f"{split_dir}: no class folders; give --annotations LOC_val_solution.csv for a flat "
+                               "folder")
     if not os.path.isfile(solution):
         raise MissingFileError(f"--annotations: file not found: {solution}")
     labels: Dict[str, str] = {}

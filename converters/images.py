@@ -54,7 +54,7 @@ class ImageEncoder:
         return self.max_image_size is not None or self.jpeg_quality is not None
 
     def encode(self, path: str) -> EncodedImage:
-        """The image at ``path`` as written; ``ValueError(reason)`` for a missing or undecodable file."""
+        """The image at ``path`` as written; ``InvalidDataError(reason)`` for a missing or undecodable file."""
         try:
             with open(path, "rb") as handle:
                 data = handle.read()

@@ -14,8 +14,8 @@ from typing import Dict, Iterator, List, Sequence
 
 from ..data.safe_pickle import load_restricted_pickle
 from ..errors import InvalidDataError, OptionError
-from .entries import (IMAGE, Box, Entry, InvalidEntry, Item, Row, group_by_first_appearance, load_json, one_line,
-                      require)
+from .entries import (IMAGE, Box, Entry, InvalidEntry, Item, Row, group_by_first_appearance, linked_annotation,
+                      load_json, one_line, require)
 from .writer import Conversion, OutputFile
 
 #: OFA's file prefix for each of refer's folder names.
@@ -33,7 +33,7 @@ def load_refs(path: str) -> List[dict]:
 
 
 def refcoco_row(key: str, uniq_id: str, image_id: str, text: str, box: Box) -> Row:
-    """A refcoco TSV row (uniq-id, image-id, expression, region, image); ``ValueError`` for an empty expression."""
+    """A refcoco TSV row (uniq-id, image-id, expression, region, image); ``InvalidDataError`` for no expression."""
     text = one_line(text)
     if not text:
         raise InvalidDataError("the expression is empty")
@@ -60,10 +60,8 @@ def split_items(refs_path: str, images_dir: str, refs: List[dict], images: Dict,
         for ref in image_refs:
             ref_key = f"ref {ref.get('ref_id')}"
             try:
-                require(ref, ("ref_id", "ann_id", "sentences"))
-                annotation = annotations.get(ref["ann_id"])
-                if annotation is None:
-                    raise InvalidDataError(f"annotation {ref['ann_id']} is not in --instances")
+                annotation = linked_annotation(ref, ("ref_id", "ann_id", "sentences"), "ann_id", annotations,
+                                               "annotation {} is not in --instances")
                 box = Box.from_xywh(annotation.get("bbox"))
                 if not ref["sentences"]:
                     raise InvalidDataError("no expressions")

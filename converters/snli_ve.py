@@ -19,7 +19,7 @@ LABELS = ("entailment", "neutral", "contradiction")
 
 
 def snli_ve_row(key: str, uniq_id: str, image_id: str, hypothesis: str, caption: str, label: str) -> Row:
-    """An snli_ve TSV row; ``ValueError`` for an empty text or a label outside :data:`LABELS`."""
+    """An snli_ve TSV row; ``InvalidDataError`` for an empty text or a label outside :data:`LABELS`."""
     hypothesis, caption, label = one_line(hypothesis), one_line(caption), one_line(label)
     if not hypothesis:
         raise InvalidDataError("the hypothesis is empty")

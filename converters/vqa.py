@@ -21,8 +21,8 @@ from collections import Counter
 from typing import AbstractSet, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 from ..errors import InvalidDataError, OptionError
-from .entries import (IMAGE, JOIN, Entry, InvalidEntry, Item, Row, format_number, group_by_first_appearance, load_json,
-                      one_line, require)
+from .entries import (IMAGE, JOIN, Entry, InvalidEntry, Item, Row, format_number, group_by_first_appearance,
+                      linked_annotation, load_json, one_line, require)
 from .writer import Conversion, OutputFile
 
 #: OFA's candidate answer count (trainval_ans2label.pkl).
@@ -51,7 +51,7 @@ def ranked(scored: Iterable[Tuple[str, float]], candidates: AbstractSet[str] = f
 
 
 def answers_field(scored: Sequence[Tuple[str, float]]) -> str:
-    """``conf|!+answer&&...``; ``ValueError`` for no answers or an answer holding a separator."""
+    """``conf|!+answer&&...``; ``InvalidDataError`` for no answers or an answer holding a separator."""
     if not scored:
         raise InvalidDataError("no answers")
     for answer, _ in scored:
@@ -64,14 +64,14 @@ def answers_field(scored: Sequence[Tuple[str, float]]) -> str:
 
 def vqa_row(key: str, question_id: str, image_id: str, question: str, scored: Sequence[Tuple[str, float]],
             candidates: AbstractSet[str], tags: str = "") -> Row:
-    """A vqa_gen TSV row; ``ValueError`` for an empty question, unusable answers, or a training target (the
+    """A vqa_gen TSV row; ``InvalidDataError`` for an empty question, unusable answers, or a training target (the
     best answer) outside the ``candidates``, which the task could not train on."""
     question = one_line(question)
     if not question:
         raise InvalidDataError("the question is empty")
     if scored and scored[0][0] not in candidates:
-        raise InvalidDataError(f"the best answer {scored[0][0]!r} is not one of the {len(candidates)} candidate answers "
-                               f"({ANS2LABEL_NAME})")
+        raise InvalidDataError(f"the best answer {scored[0][0]!r} is not one of the {len(candidates)} candidate "
+                               f"answers ({ANS2LABEL_NAME})")
     return Row(key, (question_id, image_id, question, answers_field(scored), one_line(tags), IMAGE))
 
 
@@ -101,10 +101,8 @@ def split_items(path: str, images_dir: str, subtype: str, questions: List[dict],
         for question in image_questions:
             key = f"question {question.get('question_id') if isinstance(question, dict) else '?'}"
             try:
-                require(question, ("question_id", "image_id", "question"))
-                annotation = annotations.get(question["question_id"])
-                if annotation is None:
-                    raise InvalidDataError("no annotation for this question in --annotations")
+                annotation = linked_annotation(question, ("question_id", "image_id", "question"), "question_id",
+                                               annotations, "no annotation for this question in --annotations")
                 given = [one_line(a.get("answer", "")) for a in annotation.get("answers") or () if isinstance(a, dict)]
                 scored = soft_scores([a for a in given if a], candidates)
                 entry.rows.append(vqa_row(key, str(question["question_id"]), str(image_id), question["question"],

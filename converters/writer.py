@@ -19,7 +19,7 @@ from typing import IO, Deque, Dict, Iterable, Iterator, List, Optional, Sequence
 from tqdm import tqdm
 
 from ..data.refcoco_dataset import parse_region
-from ..errors import OptionError
+from ..errors import InvalidDataError, OptionError
 from .entries import IMAGE, Box, Entry, InvalidEntry, Item, Row, format_number
 from .images import EncodedImage, ImageEncoder
 
@@ -79,7 +79,7 @@ def render_box(box: Box, image: EncodedImage) -> str:
 
 
 def render_row(row: Row, image: EncodedImage) -> str:
-    """The row as one TSV line; ``ValueError(reason)`` for a box the image cannot hold."""
+    """The row as one TSV line; ``InvalidDataError(reason)`` for a box the image cannot hold."""
     fields = []
     for column in row.columns:
         if column is IMAGE:
@@ -167,7 +167,7 @@ def encode_images(encoder: ImageEncoder, paths: Sequence[str]) -> List[Union[Enc
     for path in paths:
         try:
             results.append(encoder.encode(path))
-        except ValueError as err:
+        except InvalidDataError as err:
             results.append(str(err))
     return results
 
@@ -237,7 +237,7 @@ def write_tsv(output: OutputFile, out_dir: str, encoder: ImageEncoder, pool, wor
             for row in item.rows:
                 try:
                     line = render_row(row, image)
-                except ValueError as err:
+                except InvalidDataError as err:
                     policy.reject(InvalidEntry(item.source, row.key, str(err)), summary, rows=1)
                     continue
                 handle.write(line)

@@ -25,6 +25,9 @@ from ..losses.terms import LabelSmoothedCE, Term, support_mask_from_range
 from ..losses.token_loss import TokenLossOutput, token_losses
 
 LN2 = math.log(2.0)
+#: Options the criterion keeps as given, as attributes of the same name (checked in ``__init__``).
+KEPT_OPTIONS = ("sentence_avg", "ignore_prefix_size", "ignore_eos", "report_accuracy", "drop_worst_ratio",
+                "drop_worst_after", "drop_best_ratio", "drop_best_after", "use_rdrop", "reg_alpha", "sample_patch_num")
 
 
 @dataclass
@@ -117,18 +120,9 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         if not isinstance(cfg.sentence_avg, bool):
             raise OptionError(f"--sentence-avg: expected a boolean, got {cfg.sentence_avg!r}")
         dictionary = getattr(task, "target_dictionary", None)
-        self.sentence_avg = cfg.sentence_avg
+        for name in KEPT_OPTIONS:
+            setattr(self, name, getattr(cfg, name))
         self.eps = cfg.label_smoothing
-        self.ignore_prefix_size = cfg.ignore_prefix_size
-        self.ignore_eos = cfg.ignore_eos
-        self.report_accuracy = cfg.report_accuracy
-        self.drop_worst_ratio = cfg.drop_worst_ratio
-        self.drop_worst_after = cfg.drop_worst_after
-        self.drop_best_ratio = cfg.drop_best_ratio
-        self.drop_best_after = cfg.drop_best_after
-        self.use_rdrop = cfg.use_rdrop
-        self.reg_alpha = cfg.reg_alpha
-        self.sample_patch_num = cfg.sample_patch_num
         self.constraint_range = parse_constraint_range(cfg.constraint_range, len(dictionary) if dictionary else None)
         self.eos_idx = dictionary.eos() if dictionary is not None else 2
         self.loss_impl = loss_impl

@@ -78,7 +78,8 @@ def _answers_of(loaded, where: str) -> List[str]:
     if isinstance(loaded, Mapping):
         bad_labels = [(k, v) for k, v in loaded.items() if not isinstance(v, int) or isinstance(v, bool)]
         if bad_labels:
-            raise InvalidDataError(f"{where}: labels must be integers, got {bad_labels[0][1]!r} for {bad_labels[0][0]!r}")
+            raise InvalidDataError(f"{where}: labels must be integers, got {bad_labels[0][1]!r} for "
+                                   f"{bad_labels[0][0]!r}")
         answers = list(loaded.keys())
     elif isinstance(loaded, (list, tuple)):
         answers = list(loaded)
@@ -155,8 +156,8 @@ class CandidateSet:
             if not key:
                 raise InvalidDataError(f"{source}: answer {self.answers[i]!r} encodes to no tokens")
             if key in owner:
-                raise InvalidDataError(f"{source}: answers {self.answers[owner[key]]!r} and {self.answers[i]!r} have the "
-                                       "same tokens")
+                raise InvalidDataError(f"{source}: answers {self.answers[owner[key]]!r} and {self.answers[i]!r} have "
+                                       "the same tokens")
             owner[key] = i
             self.trie.insert((self.bos,) + key + (self.eos,))
         self._allowed_rows: Optional[List[List[List[int]]]] = None

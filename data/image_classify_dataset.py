@@ -74,13 +74,14 @@ class ImageClassifyDataset(CandidateDataset):
     """
 
     FIELDS = ImageClassifyRowParser.FIELDS
+    SELECTED_COLS = IMAGE_CLASSIFY_SELECTED_COLS
 
     def __init__(self, path: str, split: str, codec: TextCodec, candidates: CandidateSet,
-                 selected_cols: Union[str, Sequence[int]] = IMAGE_CLASSIFY_SELECTED_COLS,
+                 selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = IMAGE_CLASSIFY_PATCH_IMAGE_SIZE, imagenet_default_mean_and_std: bool = False,
                  augmentation_backend: str = "auto", classes_source: str = "--ans2label-file", **kwargs):
         parser = ImageClassifyRowParser(patch_image_size, classes=candidates.answers, classes_source=classes_source)
-        super().__init__(path, split, codec, selected_cols or IMAGE_CLASSIFY_SELECTED_COLS, parser,
+        super().__init__(path, split, codec, selected_cols, parser,
                          candidates=candidates, prompt_type="none", **kwargs)
         self.mean, self.std = ((IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if imagenet_default_mean_and_std
                                else (IMAGE_MEAN, IMAGE_STD))

@@ -116,7 +116,8 @@ def selected_field_columns(selected_cols: Union[None, str, Sequence[int]], field
 class RowParser:
     """Checks and decodes one row's named fields without a BPE; the one place a task's row checks live.
 
-    :meth:`parse` raises :class:`~ofa_el.errors.InvalidDataError` with the reason (no file or row: the caller knows those).
+    :meth:`parse` raises :class:`~ofa_el.errors.InvalidDataError` with the reason (no file or row: the caller
+    knows those).
     Subclasses set ``FIELDS`` and add their options; options are checked on construction, so
     training and ``check_data`` reject the same bad values.
     """
@@ -150,7 +151,8 @@ class OFADataset(FairseqDataset):
         path: the TSV file.
         split: ``"train"`` or an evaluation split name (subclasses clean text differently).
         codec: BPE + dictionary.
-        selected_cols: ``--selected-cols``; must select exactly ``len(self.FIELDS)`` columns.
+        selected_cols: ``--selected-cols``; must select exactly ``len(self.FIELDS)`` columns; None:
+            :attr:`SELECTED_COLS`.
         parser: the task's row checks and options (its ``patch_image_size`` is the side P of
             the square model input).
         skip_invalid_rows: return None for a malformed row (the collater drops it) and count
@@ -161,6 +163,8 @@ class OFADataset(FairseqDataset):
 
     #: Names of the selected fields, in ``--selected-cols`` order (the parser's).
     FIELDS: Tuple[str, ...] = ()
+    #: OFA's ``--selected-cols`` for this task's files: the one definition of the default, used when none is given.
+    SELECTED_COLS: ClassVar[str] = ""
     #: Per-sample keys beyond the core ones -> their names in the batch (see :func:`collate`).
     BATCH_EXTRAS: ClassVar[Dict[str, str]] = BASE_BATCH_EXTRAS
 
@@ -169,7 +173,7 @@ class OFADataset(FairseqDataset):
         path: str,
         split: str,
         codec: TextCodec,
-        selected_cols: Union[str, Sequence[int]],
+        selected_cols: Union[None, str, Sequence[int]],
         parser: RowParser,
         skip_invalid_rows: bool = False,
         shuffle: bool = False,
@@ -177,8 +181,8 @@ class OFADataset(FairseqDataset):
         slice_id: Optional[int] = None,
         slice_count: Optional[int] = None,
     ):
-        selected_field_columns(selected_cols, self.FIELDS, type(self).__name__)
-        self.tsv = TsvFile(path, selected_cols, slice_id=slice_id, slice_count=slice_count)
+        columns = self.field_columns(selected_cols)
+        self.tsv = TsvFile(path, tuple(columns.values()), slice_id=slice_id, slice_count=slice_count)
         self.parser = parser
         self.split = split
         self.codec = codec
@@ -190,6 +194,12 @@ class OFADataset(FairseqDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 1
+
+    @classmethod
+    def field_columns(cls, selected_cols: Union[None, str, Sequence[int]] = None) -> Dict[str, int]:
+        """Each field's 0-based column: ``--selected-cols`` (or :attr:`SELECTED_COLS`) parsed and checked, once."""
+        given = cls.SELECTED_COLS if selected_cols is None or selected_cols == "" else selected_cols
+        return dict(zip(cls.FIELDS, selected_field_columns(given, cls.FIELDS, cls.__name__)))
 
     def __len__(self) -> int:
         return len(self.tsv)

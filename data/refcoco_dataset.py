@@ -139,12 +139,13 @@ class RefcocoDataset(OFADataset):
     """
 
     FIELDS = RefcocoRowParser.FIELDS
+    SELECTED_COLS = REFCOCO_SELECTED_COLS
     #: OFA's refcoco batch names: evaluation maps bins back to pixels with the ratios and scores the box.
     BATCH_EXTRAS = {**BASE_BATCH_EXTRAS, "w_resize_ratio": "w_resize_ratios", "h_resize_ratio": "h_resize_ratios",
                     "region_coord": "region_coords"}
 
     def __init__(self, path: str, split: str, codec: TextCodec,
-                 selected_cols: Union[str, Sequence[int]] = REFCOCO_SELECTED_COLS,
+                 selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = REFCOCO_PATCH_IMAGE_SIZE, max_src_length: int = 128, num_bins: int = 1000,
                  max_image_size: Optional[float] = None, **kwargs):
         parser = RefcocoRowParser(patch_image_size, max_src_length=max_src_length, num_bins=num_bins,

@@ -35,7 +35,8 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def load_restricted_pickle(path: str, option: str, kind: str, allowed: AbstractSet[Global] = frozenset(),
                            holds: str = "dicts, lists, tuples, strings and numbers") -> Any:
-    """The object pickled in ``path``; a refused global or an unreadable file is an :class:`~ofa_el.errors.InvalidDataError`.
+    """The object pickled in ``path``; a refused global or an unreadable file is an
+    :class:`~ofa_el.errors.InvalidDataError`.
 
     ``option`` (the flag the path came from) and ``kind`` (of file, e.g. "CIDEr table") make the
     messages: ``--opt path: refusing to load 'os.system': a CIDEr table holds only ...``. Files

@@ -70,7 +70,8 @@ def unique_records(records: Iterable[tuple], what: str = "record") -> Dict[Hasha
     for sample_id, *values in records:
         values = tuple(_comparable(v) for v in values)
         if sample_id in merged and merged[sample_id] != values:
-            raise InvalidDataError(f"sample id {sample_id!r} has two different {what}s: {merged[sample_id]} and {values}")
+            raise InvalidDataError(f"sample id {sample_id!r} has two different {what}s: {merged[sample_id]} and "
+                                   f"{values}")
         merged[sample_id] = values
     if not merged:
         raise ValueError(f"no {what}s to score")
@@ -257,12 +258,3 @@ def grounding_metrics(records: Iterable[BoxRecord], threshold: float = 0.5) -> D
         "miou": box_iou(pred, target).mean().item(),
         "count": len(samples),
     }
-
-
-def gather_records(records: List[tuple]) -> List[tuple]:
-    """Gather ``records`` from every rank of torch.distributed (a no-op when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return list(records)
-    gathered: List[Optional[List[tuple]]] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, list(records))
-    return [record for rank_records in gathered for record in rank_records]

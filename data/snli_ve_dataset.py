@@ -80,13 +80,14 @@ class SnliVeDataset(CandidateDataset):
     ``--prompt-type`` decoder prompt, with its constraint mask over the candidates (yes, no, maybe)."""
 
     FIELDS = SnliVeRowParser.FIELDS
+    SELECTED_COLS = SNLI_VE_SELECTED_COLS
 
     def __init__(self, path: str, split: str, codec: TextCodec,
-                 selected_cols: Union[str, Sequence[int]] = SNLI_VE_SELECTED_COLS,
+                 selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = SNLI_VE_PATCH_IMAGE_SIZE, max_src_length: int = 80, add_caption: bool = False,
                  **kwargs):
         parser = SnliVeRowParser(patch_image_size, max_src_length=max_src_length, add_caption=add_caption)
-        super().__init__(path, split, codec, selected_cols or SNLI_VE_SELECTED_COLS, parser, **kwargs)
+        super().__init__(path, split, codec, selected_cols, parser, **kwargs)
 
     def build_sample(self, index: int, fields: Dict[str, str]) -> Dict[str, Any]:
         row: SnliVeRow = self.parse(index, fields)

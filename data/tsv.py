@@ -41,7 +41,8 @@ def parse_selected_cols(selected_cols: Union[None, str, Sequence[int]]) -> Optio
         try:
             cols = tuple(int(part) for part in selected_cols.split(","))
         except ValueError:
-            raise OptionError(f"--selected-cols: expected comma-separated column indices, got {selected_cols!r}") from None
+            raise OptionError("--selected-cols: expected comma-separated column indices, got "
+                              f"{selected_cols!r}") from None
     else:
         cols = tuple(int(col) for col in selected_cols)
     if any(col < 0 for col in cols):

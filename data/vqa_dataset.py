@@ -112,9 +112,10 @@ class VqaDataset(CandidateDataset):
     """Rows ``(question id, image, question, answers, objects)`` as OFA's VQA samples (see the module doc)."""
 
     FIELDS = VqaRowParser.FIELDS
+    SELECTED_COLS = VQA_SELECTED_COLS
 
     def __init__(self, path: str, split: str, codec: TextCodec,
-                 selected_cols: Union[str, Sequence[int]] = VQA_SELECTED_COLS,
+                 selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = VQA_PATCH_IMAGE_SIZE, max_src_length: int = 128,
                  max_object_length: int = 30, max_tgt_length: int = 30, add_object: bool = False,
                  candidates: Optional[CandidateSet] = None, prompt_type: str = "none", **kwargs: Any):
