@@ -28,6 +28,8 @@ from typing import Any, Callable, List, Tuple, Union
 import numpy as np
 import torch
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 TRUSTED_ENV = "OFA_EL_TRUSTED_CHECKPOINTS"
@@ -62,8 +64,8 @@ def global_name(entry: SafeGlobal) -> str:
     return f"{entry.__module__}.{entry.__qualname__}"
 
 
-class UntrustedCheckpointError(pickle.UnpicklingError):
-    """A checkpoint holds pickled objects outside the allow-list."""
+class UntrustedCheckpointError(UserError, pickle.UnpicklingError):
+    """A checkpoint holds pickled objects outside the allow-list (the message says how to trust it)."""
 
 
 def _supports_weights_only_allow_list() -> bool:

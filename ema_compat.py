@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterator, List
 
 import torch
 
+from .errors import OptionError
+
 
 def non_floating_keys(model: torch.nn.Module) -> set:
     """State entries an average makes no sense for (integer tables, counters): copied, not decayed."""
@@ -52,8 +54,8 @@ def integer_safe(build_ema):
         ema.skip_keys = set(ema.skip_keys) | non_floating_keys(model)
         tied = tied_keys(ema.get_model())
         if tied and not cfg.ema_fp32:
-            raise ValueError(f"--store-ema without --ema-fp32: fairseq's EMA decays a weight once per name it has, "
-                             f"and {tied[0]} shares its weight with another entry (tied embeddings); add --ema-fp32")
+            raise OptionError(f"--store-ema without --ema-fp32: fairseq's EMA decays a weight once per name it has, "
+                              f"and {tied[0]} shares its weight with another entry (tied embeddings); add --ema-fp32")
         if cfg.ema_fp32:  # fairseq's fp32 copy aliases fp32 weights (and tied weights): one tensor per name
             ema.fp32_params = {key: value.clone() for key, value in ema.fp32_params.items()}
         return ema

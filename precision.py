@@ -17,7 +17,7 @@ import logging
 from contextlib import contextmanager
 from typing import Callable, Iterator, List
 
-from .tools.errors import UserError
+from .errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 from ..data.text import clean_train_caption
+from ..errors import InvalidDataError
 from .entries import IMAGE, Entry, InvalidEntry, Item, Row, join_fields, load_json, one_line, require
 from .writer import Conversion, OutputFile
 
@@ -28,10 +29,10 @@ KARPATHY_FILES: Sequence[Tuple[str, Tuple[str, ...], bool]] = (
 
 
 def checked_caption(text: str, what: str) -> str:
-    """``text`` on one line; ``ValueError`` if training would find it empty or it holds ``&&``."""
+    """``text`` on one line; ``InvalidDataError`` if training would find it empty or it holds ``&&``."""
     text = one_line(text)
     if not clean_train_caption(text, max(1, len(text))):
-        raise ValueError(f"{what} is empty after cleaning: {text!r}")
+        raise InvalidDataError(f"{what} is empty after cleaning: {text!r}")
     return join_fields([text], what)
 
 
@@ -53,7 +54,7 @@ def caption_items(path: str, records: Sequence[Any], id_key: str, read: Callable
         try:
             image_path, image_id, captions = read(record)
             if not captions:
-                raise ValueError("no captions for this image")
+                raise InvalidDataError("no captions for this image")
         except (ValueError, TypeError, AttributeError) as err:
             yield InvalidEntry(path, key, str(err))
             continue
@@ -87,8 +88,8 @@ def karpathy(args: argparse.Namespace) -> Conversion:
         by_split.setdefault(record.get("split") if isinstance(record, dict) else None, []).append(record)
     unknown = sorted(str(s) for s in by_split if s not in {"train", "restval", "val", "test"})
     if unknown:
-        raise ValueError(f"{args.annotations}: images with split(s) {unknown}; Karpathy's splits are "
-                         "train, restval, val, test")
+        raise InvalidDataError(f"{args.annotations}: images with split(s) {unknown}; Karpathy's splits are "
+                               "train, restval, val, test")
     outputs = []
     for name, splits, joined in KARPATHY_FILES:
         records = [r for split in splits for r in by_split.get(split, [])]
@@ -122,7 +123,8 @@ def coco(args: argparse.Namespace) -> Conversion:
     for number, annotation in enumerate(data["annotations"]):
         if not (isinstance(annotation, dict) and "image_id" in annotation
                 and isinstance(annotation.get("caption"), str)):
-            raise ValueError(f"{args.annotations}: annotation {number}: expected an object with image_id and caption")
+            raise InvalidDataError(f"{args.annotations}: annotation {number}: expected an object with image_id and "
+                                   "caption")
         captions.setdefault(annotation["image_id"], []).append(annotation["caption"])
     images = data["images"]
     rows = (sum(len(captions.get(i.get("id"), ())) for i in images if isinstance(i, dict)) if args.per_caption

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Tuple, TypeVar, Union
 
+from ..errors import InvalidDataError, MissingFileError
+
 T = TypeVar("T")
 #: Separator of ``&&``-joined fields (caption references, VQA answers, object tags).
 JOIN = "&&"
@@ -38,13 +40,13 @@ class Box:
 
     @classmethod
     def from_xywh(cls, xywh: Any) -> "Box":
-        """COCO's ``[x, y, width, height]``; ``ValueError`` unless it is four finite numbers with w, h > 0."""
+        """COCO's ``[x, y, width, height]``; ``InvalidDataError`` unless it is four finite numbers with w, h > 0."""
         if not (isinstance(xywh, (list, tuple)) and len(xywh) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xywh)):
-            raise ValueError(f"bbox must be [x, y, width, height], got {xywh!r}")
+            raise InvalidDataError(f"bbox must be [x, y, width, height], got {xywh!r}")
         x, y, w, h = (float(v) for v in xywh)
         if not w > 0 or not h > 0:
-            raise ValueError(f"bbox [x, y, width, height] = {xywh!r} has no area")
+            raise InvalidDataError(f"bbox [x, y, width, height] = {xywh!r} has no area")
         return cls(x, y, x + w, y + h)
 
 
@@ -69,7 +71,7 @@ class Entry:
     rows: List[Row] = field(default_factory=list)
 
 
-class InvalidEntry(ValueError):
+class InvalidEntry(InvalidDataError):
     """An annotation that cannot become a row: ``input: entry: reason``."""
 
     def __init__(self, source: str, key: str, reason: str):
@@ -105,31 +107,31 @@ def format_number(value: float) -> str:
 
 
 def join_fields(values: Iterable[str], what: str) -> str:
-    """``values`` joined by ``&&``; ``ValueError`` if one is empty or holds the separator itself."""
+    """``values`` joined by ``&&``; ``InvalidDataError`` if one is empty or holds the separator itself."""
     values = list(values)
     for value in values:
         if not value:
-            raise ValueError(f"{what} is empty")
+            raise InvalidDataError(f"{what} is empty")
         if JOIN in value:
-            raise ValueError(f"{what} {value!r} contains the separator {JOIN!r}")
+            raise InvalidDataError(f"{what} {value!r} contains the separator {JOIN!r}")
     return JOIN.join(values)
 
 
 def load_json(path: str, option: str) -> Any:
     """A JSON input file; a missing or malformed file is an error naming the option and the file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{option}: file not found: {path}")
+        raise MissingFileError(f"{option}: file not found: {path}")
     with open(path, encoding="utf-8") as handle:
         try:
             return json.load(handle)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+            raise InvalidDataError(f"{path}: not valid JSON ({err})") from None
 
 
 def read_jsonl(path: str, option: str) -> Iterator[Tuple[int, Any]]:
     """``(1-based line, object)`` per non-blank line of a JSON Lines file; a malformed line names its line."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{option}: file not found: {path}")
+        raise MissingFileError(f"{option}: file not found: {path}")
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -137,14 +139,24 @@ def read_jsonl(path: str, option: str) -> Iterator[Tuple[int, Any]]:
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number}: not valid JSON ({err})") from None
+                raise InvalidDataError(f"{path}: line {number}: not valid JSON ({err})") from None
+
+
+def linked_annotation(record: Any, keys: Iterable[str], link: str, annotations: Dict[Any, T], missing: str) -> T:
+    """``annotations[record[link]]`` once ``record`` is checked to hold ``keys`` (:func:`require`); an
+    :class:`~ofa_el.errors.InvalidDataError` with reason ``missing`` (``{}`` in it: the id) when none has that id."""
+    require(record, keys)
+    annotation = annotations.get(record[link])
+    if annotation is None:
+        raise InvalidDataError(missing.format(record[link]))
+    return annotation
 
 
 def require(record: Any, keys: Iterable[str], where: str = "") -> None:
-    """``ValueError`` (naming ``where`` if given) unless ``record`` is a JSON object holding every key."""
+    """``InvalidDataError`` (naming ``where`` if given) unless ``record`` is a JSON object holding every key."""
     prefix = f"{where}: " if where else ""
     if not isinstance(record, dict):
-        raise ValueError(f"{prefix}expected a JSON object, got {type(record).__name__}")
+        raise InvalidDataError(f"{prefix}expected a JSON object, got {type(record).__name__}")
     missing = [key for key in keys if key not in record]
     if missing:
-        raise ValueError(f"{prefix}missing key(s) {missing}")
+        raise InvalidDataError(f"{prefix}missing key(s) {missing}")

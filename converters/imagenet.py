@@ -19,6 +19,7 @@ import pickle
 from collections import Counter
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ..errors import InvalidDataError, MissingFileError, OptionError
 from .entries import IMAGE, Entry, InvalidEntry, Item, Row, one_line
 from .writer import Conversion, OutputFile
 
@@ -29,7 +30,7 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 def read_synsets(path: str) -> List[Tuple[str, List[str]]]:
     """``(wnid, synonyms)`` per line of LOC_synset_mapping.txt, in file order."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--synsets: file not found: {path}")
+        raise MissingFileError(f"--synsets: file not found: {path}")
     synsets = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
@@ -38,12 +39,13 @@ def read_synsets(path: str) -> List[Tuple[str, List[str]]]:
             wnid, _, names = line.strip().partition(" ")
             synonyms = [one_line(name) for name in names.split(",") if one_line(name)]
             if not wnid or not synonyms:
-                raise ValueError(f"{path}: line {number}: expected '<wnid> <name>[, <name>...]', got {line.strip()!r}")
+                raise InvalidDataError(f"{path}: line {number}: expected '<wnid> <name>[, <name>...]', got "
+                                       f"{line.strip()!r}")
             synsets.append((wnid, synonyms))
     wnids = Counter(wnid for wnid, _ in synsets)
     repeated = sorted(wnid for wnid, count in wnids.items() if count > 1)
     if repeated:
-        raise ValueError(f"{path}: wnid(s) listed twice: {repeated}")
+        raise InvalidDataError(f"{path}: wnid(s) listed twice: {repeated}")
     return synsets
 
 
@@ -65,7 +67,7 @@ def class_names(synsets: Sequence[Tuple[str, List[str]]]) -> List[str]:
 def image_classify_row(key: str, label_index: int, class_name: str) -> Row:
     """An image_classify TSV row (image, 1-based label index, class name)."""
     if not class_name:
-        raise ValueError("the class name is empty")
+        raise InvalidDataError("the class name is empty")
     return Row(key, (IMAGE, str(label_index), class_name))
 
 
@@ -78,7 +80,7 @@ def folder_images(split_dir: str, wnids: Dict[str, int]) -> List[Tuple[str, str]
     folders = sorted(name for name in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, name)))
     unknown = [name for name in folders if name not in wnids]
     if unknown:
-        raise ValueError(f"{split_dir}: folder(s) {unknown[:5]} are not wnids of --synsets")
+        raise InvalidDataError(f"{split_dir}: folder(s) {unknown[:5]} are not wnids of --synsets")
     images = []
     for wnid in sorted(folders, key=wnids.__getitem__):
         folder = os.path.join(split_dir, wnid)
@@ -89,14 +91,15 @@ def folder_images(split_dir: str, wnids: Dict[str, int]) -> List[Tuple[str, str]
 def flat_images(split_dir: str, solution: Optional[str]) -> List[Tuple[str, Optional[str]]]:
     """``(path, wnid or None)`` of a flat folder labelled by LOC_val_solution.csv (None: no label found)."""
     if solution is None:
-        raise ValueError(f"{split_dir}: no class folders; give --annotations LOC_val_solution.csv for a flat folder")
+        raise InvalidDataError(f"{split_dir}: no class folders; give --annotations LOC_val_solution.csv for a flat "
+                               "folder")
     if not os.path.isfile(solution):
-        raise FileNotFoundError(f"--annotations: file not found: {solution}")
+        raise MissingFileError(f"--annotations: file not found: {solution}")
     labels: Dict[str, str] = {}
     with open(solution, encoding="utf-8", newline="") as handle:
         for number, record in enumerate(csv.DictReader(handle), 2):
             if not record.get("ImageId") or not (record.get("PredictionString") or "").split():
-                raise ValueError(f"{solution}: line {number}: expected ImageId,PredictionString")
+                raise InvalidDataError(f"{solution}: line {number}: expected ImageId,PredictionString")
             labels[record["ImageId"]] = record["PredictionString"].split()[0]
     names = sorted(name for name in os.listdir(split_dir) if is_image(name))
     return [(os.path.join(split_dir, name), labels.get(os.path.splitext(name)[0])) for name in names]
@@ -118,7 +121,7 @@ def split_items(source: str, split_dir: str, images: List[Tuple[str, Optional[st
 def class_list_pickle(names: Sequence[str]) -> bytes:
     """OFA's class list: ``{class name: 0-based index}``, in label order."""
     if len(set(names)) != len(names):
-        raise ValueError("class names must be distinct")
+        raise InvalidDataError("class names must be distinct")
     return pickle.dumps({name: index for index, name in enumerate(names)}, protocol=4)
 
 
@@ -130,7 +133,7 @@ def convert(args: argparse.Namespace) -> Conversion:
     for split in [s for s in args.splits.split(",") if s]:
         split_dir = os.path.join(args.images, split)
         if not os.path.isdir(split_dir):
-            raise FileNotFoundError(f"--images: no {split}/ folder in {args.images} (--splits {args.splits})")
+            raise MissingFileError(f"--images: no {split}/ folder in {args.images} (--splits {args.splits})")
         has_folders = any(os.path.isdir(os.path.join(split_dir, name)) for name in os.listdir(split_dir))
         images = folder_images(split_dir, wnids) if has_folders else flat_images(split_dir, args.annotations)
         source = split_dir if has_folders else args.annotations
@@ -138,6 +141,6 @@ def convert(args: argparse.Namespace) -> Conversion:
                                   len(images)))
         flat_splits += not has_folders
     if args.annotations and not flat_splits:
-        raise ValueError(f"--annotations {args.annotations}: labels a flat folder, but every split of --splits "
-                         f"{args.splits} has class folders")
+        raise OptionError(f"--annotations {args.annotations}: labels a flat folder, but every split of --splits "
+                          f"{args.splits} has class folders")
     return Conversion(outputs, {CLASS_LIST_NAME: class_list_pickle(names)})

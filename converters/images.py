@@ -14,6 +14,8 @@ from typing import Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InvalidDataError, OptionError
+
 #: What PIL raises for bytes that are not a complete image of a known format.
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 #: JPEG quality when only --max-image-size asks for re-encoding.
@@ -43,29 +45,29 @@ class ImageEncoder:
 
     def __post_init__(self):
         if self.max_image_size is not None and self.max_image_size < 1:
-            raise ValueError(f"--max-image-size must be positive, got {self.max_image_size}")
+            raise OptionError(f"--max-image-size must be positive, got {self.max_image_size}")
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"--jpeg-quality must be between 1 and 100, got {self.jpeg_quality}")
+            raise OptionError(f"--jpeg-quality must be between 1 and 100, got {self.jpeg_quality}")
 
     @property
     def reencodes(self) -> bool:
         return self.max_image_size is not None or self.jpeg_quality is not None
 
     def encode(self, path: str) -> EncodedImage:
-        """The image at ``path`` as written; ``ValueError(reason)`` for a missing or undecodable file."""
+        """The image at ``path`` as written; ``InvalidDataError(reason)`` for a missing or undecodable file."""
         try:
             with open(path, "rb") as handle:
                 data = handle.read()
         except FileNotFoundError:
-            raise ValueError(f"image file not found: {path}") from None
+            raise InvalidDataError(f"image file not found: {path}") from None
         except (IsADirectoryError, PermissionError) as err:
-            raise ValueError(f"image file not readable: {path} ({err.strerror})") from None
+            raise InvalidDataError(f"image file not readable: {path} ({err.strerror})") from None
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
         except _IMAGE_ERRORS as err:
             detail = "not an image format PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
-            raise ValueError(f"undecodable or truncated image {path} ({type(err).__name__}: {detail})") from None
+            raise InvalidDataError(f"undecodable or truncated image {path} ({type(err).__name__}: {detail})") from None
         width, height = image.size
         written, (new_width, new_height) = (self._reencode(image) if self.reencodes else (data, image.size))
         return EncodedImage(base64.b64encode(written).decode("ascii"), width, height, new_width / width,

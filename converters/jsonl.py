@@ -19,6 +19,7 @@ import os
 from collections import Counter
 from typing import Callable, Dict, Iterator, List, Tuple
 
+from ..errors import InvalidDataError, OptionError
 from .coco_captions import caption_row, checked_caption
 from .entries import Box, Entry, InvalidEntry, Item, Row, one_line, read_jsonl, require
 from .imagenet import CLASS_LIST_NAME, class_list_pickle, image_classify_row
@@ -41,7 +42,7 @@ def _caption(key: str, uniq_id: str, image_id: str, record: dict, _) -> Row:
 def _corners(value) -> Box:
     if not (isinstance(value, list) and len(value) == 4
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise ValueError(f"box must be [x0, y0, x1, y1], got {value!r}")
+        raise InvalidDataError(f"box must be [x0, y0, x1, y1], got {value!r}")
     return Box(*(float(v) for v in value))
 
 
@@ -58,7 +59,7 @@ def _scored_answers(record: dict) -> List[Tuple[str, float]]:
         return ranked((one_line(a), float(c)) for a, c in answers.items())
     if isinstance(answers, list):
         return soft_scores([one_line(a) for a in answers if one_line(a)])
-    raise ValueError(f"answers must be a list of answers or {{answer: confidence}}, got {answers!r}")
+    raise InvalidDataError(f"answers must be a list of answers or {{answer: confidence}}, got {answers!r}")
 
 
 def _vqa(key: str, uniq_id: str, image_id: str, record: dict, candidates: Dict[str, int]) -> Row:
@@ -108,7 +109,7 @@ def convert(args: argparse.Namespace) -> Conversion:
     files = [(path, list(read_jsonl(path, "--annotations"))) for path in args.annotations]
     names = [output_name(path) for path, _ in files]
     if len(set(names)) != len(names):
-        raise ValueError(f"--annotations: two files would write the same output ({', '.join(names)})")
+        raise OptionError(f"--annotations: two files would write the same output ({', '.join(names)})")
     classes: Dict[str, int] = {}
     extra = {}
     if args.task == "vqa_gen":  # every line's training target is a candidate answer, the most frequent first

@@ -13,8 +13,9 @@ import os
 from typing import Dict, Iterator, List, Sequence
 
 from ..data.safe_pickle import load_restricted_pickle
-from .entries import (IMAGE, Box, Entry, InvalidEntry, Item, Row, group_by_first_appearance, load_json, one_line,
-                      require)
+from ..errors import InvalidDataError, OptionError
+from .entries import (IMAGE, Box, Entry, InvalidEntry, Item, Row, group_by_first_appearance, linked_annotation,
+                      load_json, one_line, require)
 from .writer import Conversion, OutputFile
 
 #: OFA's file prefix for each of refer's folder names.
@@ -27,23 +28,23 @@ def load_refs(path: str) -> List[dict]:
     """The refs pickle: a list of dicts of plain data; anything that would import a global is refused."""
     refs = load_restricted_pickle(path, "--refs", "RefCOCO refs file", holds="lists, dicts, strings and numbers")
     if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
-        raise ValueError(f"--refs {path}: expected a list of refs (dicts), got {type(refs).__name__}")
+        raise OptionError(f"--refs {path}: expected a list of refs (dicts), got {type(refs).__name__}")
     return refs
 
 
 def refcoco_row(key: str, uniq_id: str, image_id: str, text: str, box: Box) -> Row:
-    """A refcoco TSV row (uniq-id, image-id, expression, region, image); ``ValueError`` for an empty expression."""
+    """A refcoco TSV row (uniq-id, image-id, expression, region, image); ``InvalidDataError`` for no expression."""
     text = one_line(text)
     if not text:
-        raise ValueError("the expression is empty")
+        raise InvalidDataError("the expression is empty")
     return Row(key, (uniq_id, image_id, text, box, IMAGE))
 
 
 def default_set_name(refs_path: str) -> str:
     folder = os.path.basename(os.path.dirname(os.path.abspath(refs_path)))
     if folder not in SET_NAMES:
-        raise ValueError(f"--refs {refs_path}: cannot tell the set from its folder {folder!r} (refer's folders are "
-                         f"{', '.join(SET_NAMES)}): give --set-name")
+        raise OptionError(f"--refs {refs_path}: cannot tell the set from its folder {folder!r} (refer's folders are "
+                          f"{', '.join(SET_NAMES)}): give --set-name")
     return SET_NAMES[folder]
 
 
@@ -59,13 +60,11 @@ def split_items(refs_path: str, images_dir: str, refs: List[dict], images: Dict,
         for ref in image_refs:
             ref_key = f"ref {ref.get('ref_id')}"
             try:
-                require(ref, ("ref_id", "ann_id", "sentences"))
-                annotation = annotations.get(ref["ann_id"])
-                if annotation is None:
-                    raise ValueError(f"annotation {ref['ann_id']} is not in --instances")
+                annotation = linked_annotation(ref, ("ref_id", "ann_id", "sentences"), "ann_id", annotations,
+                                               "annotation {} is not in --instances")
                 box = Box.from_xywh(annotation.get("bbox"))
                 if not ref["sentences"]:
-                    raise ValueError("no expressions")
+                    raise InvalidDataError("no expressions")
             except (ValueError, TypeError) as err:
                 yield InvalidEntry(refs_path, ref_key, str(err))
                 continue

@@ -11,6 +11,7 @@ import os
 import re
 from typing import Iterator, List, Tuple
 
+from ..errors import InvalidDataError, OptionError
 from .entries import IMAGE, Entry, InvalidEntry, Item, Row, group_by_first_appearance, one_line, read_jsonl, require
 from .writer import Conversion, OutputFile
 
@@ -18,14 +19,14 @@ LABELS = ("entailment", "neutral", "contradiction")
 
 
 def snli_ve_row(key: str, uniq_id: str, image_id: str, hypothesis: str, caption: str, label: str) -> Row:
-    """An snli_ve TSV row; ``ValueError`` for an empty text or a label outside :data:`LABELS`."""
+    """An snli_ve TSV row; ``InvalidDataError`` for an empty text or a label outside :data:`LABELS`."""
     hypothesis, caption, label = one_line(hypothesis), one_line(caption), one_line(label)
     if not hypothesis:
-        raise ValueError("the hypothesis is empty")
+        raise InvalidDataError("the hypothesis is empty")
     if not caption:
-        raise ValueError("the premise caption is empty")
+        raise InvalidDataError("the premise caption is empty")
     if label not in LABELS:
-        raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
+        raise InvalidDataError(f"label {label!r} is not one of {', '.join(LABELS)}")
     return Row(key, (uniq_id, image_id, IMAGE, hypothesis, caption, label))
 
 
@@ -61,5 +62,5 @@ def convert(args: argparse.Namespace) -> Conversion:
         outputs.append(OutputFile(output_name(path), file_items(path, args.images, records), len(records)))
     names = [output.name for output in outputs]
     if len(set(names)) != len(names):
-        raise ValueError(f"--annotations: two files would write the same output ({', '.join(names)})")
+        raise OptionError(f"--annotations: two files would write the same output ({', '.join(names)})")
     return Conversion(outputs)

@@ -20,8 +20,9 @@ import re
 from collections import Counter
 from typing import AbstractSet, Dict, Iterable, Iterator, List, Sequence, Tuple
 
-from .entries import (IMAGE, JOIN, Entry, InvalidEntry, Item, Row, format_number, group_by_first_appearance, load_json,
-                      one_line, require)
+from ..errors import InvalidDataError, OptionError
+from .entries import (IMAGE, JOIN, Entry, InvalidEntry, Item, Row, format_number, group_by_first_appearance,
+                      linked_annotation, load_json, one_line, require)
 from .writer import Conversion, OutputFile
 
 #: OFA's candidate answer count (trainval_ans2label.pkl).
@@ -50,27 +51,27 @@ def ranked(scored: Iterable[Tuple[str, float]], candidates: AbstractSet[str] = f
 
 
 def answers_field(scored: Sequence[Tuple[str, float]]) -> str:
-    """``conf|!+answer&&...``; ``ValueError`` for no answers or an answer holding a separator."""
+    """``conf|!+answer&&...``; ``InvalidDataError`` for no answers or an answer holding a separator."""
     if not scored:
-        raise ValueError("no answers")
+        raise InvalidDataError("no answers")
     for answer, _ in scored:
         if not answer:
-            raise ValueError("an answer is empty")
+            raise InvalidDataError("an answer is empty")
         if JOIN in answer or CONFIDENCE_SEPARATOR in answer:
-            raise ValueError(f"answer {answer!r} contains {JOIN!r} or {CONFIDENCE_SEPARATOR!r}")
+            raise InvalidDataError(f"answer {answer!r} contains {JOIN!r} or {CONFIDENCE_SEPARATOR!r}")
     return JOIN.join(f"{format_number(conf)}{CONFIDENCE_SEPARATOR}{answer}" for answer, conf in scored)
 
 
 def vqa_row(key: str, question_id: str, image_id: str, question: str, scored: Sequence[Tuple[str, float]],
             candidates: AbstractSet[str], tags: str = "") -> Row:
-    """A vqa_gen TSV row; ``ValueError`` for an empty question, unusable answers, or a training target (the
+    """A vqa_gen TSV row; ``InvalidDataError`` for an empty question, unusable answers, or a training target (the
     best answer) outside the ``candidates``, which the task could not train on."""
     question = one_line(question)
     if not question:
-        raise ValueError("the question is empty")
+        raise InvalidDataError("the question is empty")
     if scored and scored[0][0] not in candidates:
-        raise ValueError(f"the best answer {scored[0][0]!r} is not one of the {len(candidates)} candidate answers "
-                         f"({ANS2LABEL_NAME})")
+        raise InvalidDataError(f"the best answer {scored[0][0]!r} is not one of the {len(candidates)} candidate "
+                               f"answers ({ANS2LABEL_NAME})")
     return Row(key, (question_id, image_id, question, answers_field(scored), one_line(tags), IMAGE))
 
 
@@ -78,7 +79,7 @@ def split_name(questions: dict, path: str) -> str:
     """``data_subtype`` without its year: ``train2014`` -> ``train``."""
     subtype = questions.get("data_subtype")
     if not isinstance(subtype, str) or not subtype:
-        raise ValueError(f"{path}: no data_subtype (train2014, val2014, ...) to name the split by")
+        raise InvalidDataError(f"{path}: no data_subtype (train2014, val2014, ...) to name the split by")
     return re.sub(r"\d+$", "", subtype) or subtype
 
 
@@ -100,10 +101,8 @@ def split_items(path: str, images_dir: str, subtype: str, questions: List[dict],
         for question in image_questions:
             key = f"question {question.get('question_id') if isinstance(question, dict) else '?'}"
             try:
-                require(question, ("question_id", "image_id", "question"))
-                annotation = annotations.get(question["question_id"])
-                if annotation is None:
-                    raise ValueError("no annotation for this question in --annotations")
+                annotation = linked_annotation(question, ("question_id", "image_id", "question"), "question_id",
+                                               annotations, "no annotation for this question in --annotations")
                 given = [one_line(a.get("answer", "")) for a in annotation.get("answers") or () if isinstance(a, dict)]
                 scored = soft_scores([a for a in given if a], candidates)
                 entry.rows.append(vqa_row(key, str(question["question_id"]), str(image_id), question["question"],
@@ -125,10 +124,10 @@ def ans2label(annotation_sets: Sequence[Sequence[dict]], num_answers: int) -> Di
 
 def convert(args: argparse.Namespace) -> Conversion:
     if len(args.questions) != len(args.annotations):
-        raise ValueError(f"--questions gives {len(args.questions)} file(s) and --annotations {len(args.annotations)}: "
-                         "give one annotation file per question file, in the same order")
+        raise OptionError(f"--questions gives {len(args.questions)} file(s) and --annotations {len(args.annotations)}: "
+                          "give one annotation file per question file, in the same order")
     if args.num_answers < 1:
-        raise ValueError(f"--num-answers must be positive, got {args.num_answers}")
+        raise OptionError(f"--num-answers must be positive, got {args.num_answers}")
     splits, names = [], set()
     for questions_path, annotations_path in zip(args.questions, args.annotations):
         questions = load_json(questions_path, "--questions")
@@ -137,7 +136,7 @@ def convert(args: argparse.Namespace) -> Conversion:
         require(annotations, ("annotations",), annotations_path)
         split = split_name(questions, questions_path)
         if split in names:
-            raise ValueError(f"{questions_path}: a second question file for split {split!r}")
+            raise InvalidDataError(f"{questions_path}: a second question file for split {split!r}")
         names.add(split)
         splits.append((split, questions_path, questions, annotations["annotations"]))
     labels = ans2label([annotations for *_, annotations in splits], args.num_answers)

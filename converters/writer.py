@@ -19,6 +19,7 @@ from typing import IO, Deque, Dict, Iterable, Iterator, List, Optional, Sequence
 from tqdm import tqdm
 
 from ..data.refcoco_dataset import parse_region
+from ..errors import InvalidDataError, OptionError
 from .entries import IMAGE, Box, Entry, InvalidEntry, Item, Row, format_number
 from .images import EncodedImage, ImageEncoder
 
@@ -78,7 +79,7 @@ def render_box(box: Box, image: EncodedImage) -> str:
 
 
 def render_row(row: Row, image: EncodedImage) -> str:
-    """The row as one TSV line; ``ValueError(reason)`` for a box the image cannot hold."""
+    """The row as one TSV line; ``InvalidDataError(reason)`` for a box the image cannot hold."""
     fields = []
     for column in row.columns:
         if column is IMAGE:
@@ -166,7 +167,7 @@ def encode_images(encoder: ImageEncoder, paths: Sequence[str]) -> List[Union[Enc
     for path in paths:
         try:
             results.append(encoder.encode(path))
-        except ValueError as err:
+        except InvalidDataError as err:
             results.append(str(err))
     return results
 
@@ -236,7 +237,7 @@ def write_tsv(output: OutputFile, out_dir: str, encoder: ImageEncoder, pool, wor
             for row in item.rows:
                 try:
                     line = render_row(row, image)
-                except ValueError as err:
+                except InvalidDataError as err:
                     policy.reject(InvalidEntry(item.source, row.key, str(err)), summary, rows=1)
                     continue
                 handle.write(line)
@@ -258,7 +259,7 @@ def write_tsv_files(outputs: Iterable[OutputFile], out_dir: str, encoder: ImageE
     """Every output file into ``out_dir`` with one pool of ``workers`` encoding processes (none for 1);
     the summaries and the entries skipped (``skip_invalid``; otherwise the first one raises)."""
     if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+        raise OptionError(f"--workers must be at least 1, got {workers}")
     os.makedirs(out_dir, exist_ok=True)
     policy = InvalidEntryPolicy(skip_invalid)
     pool_context = nullcontext() if workers == 1 else multiprocessing.Pool(workers, _start_worker, (encoder,))

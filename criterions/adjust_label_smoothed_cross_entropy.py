@@ -19,11 +19,15 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 from torch import Tensor
 
+from ..errors import OptionError
 from ..losses.fused import fused_token_losses
 from ..losses.terms import LabelSmoothedCE, Term, support_mask_from_range
 from ..losses.token_loss import TokenLossOutput, token_losses
 
 LN2 = math.log(2.0)
+#: Options the criterion keeps as given, as attributes of the same name (checked in ``__init__``).
+KEPT_OPTIONS = ("sentence_avg", "ignore_prefix_size", "ignore_eos", "report_accuracy", "drop_worst_ratio",
+                "drop_worst_after", "drop_best_ratio", "drop_best_after", "use_rdrop", "reg_alpha", "sample_patch_num")
 
 
 @dataclass
@@ -59,17 +63,17 @@ def parse_constraint_range(value: Optional[str], vocab_size: Optional[int] = Non
     try:
         start, end = (int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--constraint-range: expected two integers 'start,end', got {value!r}") from None
+        raise OptionError(f"--constraint-range: expected two integers 'start,end', got {value!r}") from None
     if not 0 <= start < end:
-        raise ValueError(f"--constraint-range: need 0 <= start < end, got {value!r}")
+        raise OptionError(f"--constraint-range: need 0 <= start < end, got {value!r}")
     if vocab_size is not None and end > vocab_size:
-        raise ValueError(f"--constraint-range: end {end} exceeds the dictionary size {vocab_size}")
+        raise OptionError(f"--constraint-range: end {end} exceeds the dictionary size {vocab_size}")
     return start, end
 
 
 def check_ratio(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"--{name.replace('_', '-')}: must lie in [0, 1), got {value}")
+        raise OptionError(f"--{name.replace('_', '-')}: must lie in [0, 1), got {value}")
 
 
 def duplicate_for_rdrop(sample: Any) -> Any:
@@ -104,30 +108,21 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         cfg = self.resolve_config(cfg, options)
         loss_impl = str(cfg.loss_impl)
         if loss_impl not in ("fused", "reference"):
-            raise ValueError(f"--loss-impl: expected 'fused' or 'reference', got {loss_impl!r}")
+            raise OptionError(f"--loss-impl: expected 'fused' or 'reference', got {loss_impl!r}")
         if not 0.0 <= cfg.label_smoothing < 1.0:
-            raise ValueError(f"--label-smoothing: must lie in [0, 1), got {cfg.label_smoothing}")
+            raise OptionError(f"--label-smoothing: must lie in [0, 1), got {cfg.label_smoothing}")
         for name in ("drop_worst_ratio", "drop_best_ratio"):
             check_ratio(name, getattr(cfg, name))
         if cfg.ignore_prefix_size < 0:
-            raise ValueError(f"--ignore-prefix-size: must be >= 0, got {cfg.ignore_prefix_size}")
+            raise OptionError(f"--ignore-prefix-size: must be >= 0, got {cfg.ignore_prefix_size}")
         if cfg.reg_alpha < 0:
-            raise ValueError(f"--reg-alpha: must be >= 0, got {cfg.reg_alpha}")
+            raise OptionError(f"--reg-alpha: must be >= 0, got {cfg.reg_alpha}")
         if not isinstance(cfg.sentence_avg, bool):
-            raise ValueError(f"--sentence-avg: expected a boolean, got {cfg.sentence_avg!r}")
+            raise OptionError(f"--sentence-avg: expected a boolean, got {cfg.sentence_avg!r}")
         dictionary = getattr(task, "target_dictionary", None)
-        self.sentence_avg = cfg.sentence_avg
+        for name in KEPT_OPTIONS:
+            setattr(self, name, getattr(cfg, name))
         self.eps = cfg.label_smoothing
-        self.ignore_prefix_size = cfg.ignore_prefix_size
-        self.ignore_eos = cfg.ignore_eos
-        self.report_accuracy = cfg.report_accuracy
-        self.drop_worst_ratio = cfg.drop_worst_ratio
-        self.drop_worst_after = cfg.drop_worst_after
-        self.drop_best_ratio = cfg.drop_best_ratio
-        self.drop_best_after = cfg.drop_best_after
-        self.use_rdrop = cfg.use_rdrop
-        self.reg_alpha = cfg.reg_alpha
-        self.sample_patch_num = cfg.sample_patch_num
         self.constraint_range = parse_constraint_range(cfg.constraint_range, len(dictionary) if dictionary else None)
         self.eos_idx = dictionary.eos() if dictionary is not None else 2
         self.loss_impl = loss_impl
@@ -242,7 +237,7 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         ``update_num`` is an error: silently not dropping is what OFA's flags did for drop-best."""
         if update_num is None:
             if training and (self.drop_worst_ratio > 0 or self.drop_best_ratio > 0):
-                raise ValueError(
+                raise OptionError(
                     "--drop-worst-ratio/--drop-best-ratio: the task called the criterion without update_num, so "
                     "--drop-*-after cannot be counted (stock fairseq tasks call criterion(model, sample)); use a "
                     "task that passes update_num=update_num (this plugin's caption and refcoco do) or no dropping")

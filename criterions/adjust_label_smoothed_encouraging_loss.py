@@ -21,7 +21,8 @@ from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.dataclass import ChoiceEnum
 
-from ..losses.terms import EncouragingBonus, Term
+from ..errors import OptionError
+from ..losses.terms import EncouragingBonus, Term, check_log_end
 from .adjust_label_smoothed_cross_entropy import (
     LN2,
     AdjustLabelSmoothedCrossEntropyConfig,
@@ -68,14 +69,14 @@ class BonusSchedule:
 
     def __post_init__(self):
         if not self.weight >= 0.0:  # also refuses NaN
-            raise ValueError(f"--bonus-weight: must be >= 0, got {self.weight}")
+            raise OptionError(f"--bonus-weight: must be >= 0, got {self.weight}")
         if self.start_after < 0:
-            raise ValueError(f"--bonus-start-after: must be >= 0, got {self.start_after}")
+            raise OptionError(f"--bonus-start-after: must be >= 0, got {self.start_after}")
         if self.kind not in BONUS_SCHEDULES:
-            raise ValueError(f"--bonus-schedule: expected one of {', '.join(BONUS_SCHEDULES)}, got {self.kind!r}")
+            raise OptionError(f"--bonus-schedule: expected one of {', '.join(BONUS_SCHEDULES)}, got {self.kind!r}")
         if self.kind != "constant" and self.updates < 1:
-            raise ValueError(f"--bonus-schedule-updates: must be >= 1 with --bonus-schedule {self.kind}, "
-                             f"got {self.updates}")
+            raise OptionError(f"--bonus-schedule-updates: must be >= 1 with --bonus-schedule {self.kind}, "
+                              f"got {self.updates}")
 
     @property
     def needs_update_num(self) -> bool:
@@ -101,9 +102,7 @@ class AdjustLabelSmoothedEncouragingLossCriterion(AdjustLabelSmoothedCrossEntrop
     config_class = AdjustLabelSmoothedEncouragingLossConfig
 
     def build_terms(self, cfg) -> List[Term]:
-        if not 0.0 < cfg.log_end <= 1.0:
-            raise ValueError(f"--log-end: must lie in (0, 1], got {cfg.log_end}")
-        self.log_end = cfg.log_end
+        self.log_end = check_log_end(cfg.log_end, "--log-end")
         self.schedule = BonusSchedule(float(cfg.bonus_weight), int(cfg.bonus_start_after), str(cfg.bonus_schedule),
                                       int(cfg.bonus_schedule_updates))
         self.bonus = EncouragingBonus(self.eps, self.log_end)
@@ -112,7 +111,7 @@ class AdjustLabelSmoothedEncouragingLossCriterion(AdjustLabelSmoothedCrossEntrop
     def bonus_weight(self, update_num: Optional[int], training: bool) -> float:
         """The schedule's weight; training without ``update_num`` is refused when the weight depends on it."""
         if update_num is None and training and self.schedule.needs_update_num:
-            raise ValueError(
+            raise OptionError(
                 "--bonus-schedule/--bonus-start-after: the task called the criterion without update_num, so the "
                 "bonus weight cannot follow the updates (stock fairseq tasks call criterion(model, sample)); use a "
                 "task that passes update_num=update_num (this plugin's caption and refcoco do), or --bonus-schedule "

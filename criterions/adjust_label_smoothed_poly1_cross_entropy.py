@@ -9,6 +9,7 @@ from typing import List
 
 from fairseq.criterions import register_criterion
 
+from ..errors import OptionError
 from ..losses.terms import Poly1, Term
 from .adjust_label_smoothed_cross_entropy import (
     AdjustLabelSmoothedCrossEntropyConfig,
@@ -28,6 +29,6 @@ class AdjustLabelSmoothedPoly1CrossEntropyCriterion(AdjustLabelSmoothedCrossEntr
 
     def build_terms(self, cfg) -> List[Term]:
         if cfg.poly_epsilon < -1.0:  # below -1 the loss decreases as p_t -> 1 is approached from below
-            raise ValueError(f"--poly-epsilon: must be >= -1, got {cfg.poly_epsilon}")
+            raise OptionError(f"--poly-epsilon: must be >= -1, got {cfg.poly_epsilon}")
         self.poly_epsilon = cfg.poly_epsilon
         return super().build_terms(cfg) + [Poly1(cfg.poly_epsilon, self.eps)]

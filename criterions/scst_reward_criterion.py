@@ -4,9 +4,10 @@ Per batch, with the caption task's ``--scst`` generator (``--scst-args``, beam 5
 
 1. the model, in eval mode and without gradients, decodes every image; every beam hypothesis is a sample
    (OFA's recipe: beam 5, all 5 beams kept);
-2. each hypothesis is scored with CIDEr-D against its image's references, using a fixed document-frequency
-   table of the TRAINING references (``--scst-cider-cached-tokens``, else counted from the training TSVs at
-   start-up) through the plugin's one scorer (``ofa_el.data.scoring.cider``, pycocoevalcap's CiderScorer);
+2. each hypothesis is scored with CIDEr-D against its image's references (the sample's ``references``), using
+   the fixed document-frequency table of the TRAINING references that the caption task prepares
+   (``--scst-cider-cached-tokens``, else counted from the training TSVs at start-up: the criterion reads no
+   file) through the plugin's one scorer (``ofa_el.data.scoring.cider``, pycocoevalcap's CiderScorer);
    as OFA's criterion does, hypotheses and references end with ``<eos>`` when the table counts that word
    (``python -m ofa_el.tools.cider_table --append-eos`` and OFA's ``coco-train-words.p`` do);
 3. reward = score - mean score of the same image's OTHER hypotheses (the self-critical baseline);
@@ -20,7 +21,7 @@ start,end`` restricts the softmax to the 4 special symbols and ids ``[start, end
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,20 +32,16 @@ from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 from torch import Tensor
 
-from ..data.scoring import SCST_END_TOKEN, cider, document_frequency_of, load_cider_document_frequency
+from ..data.scoring import SCST_END_TOKEN, cider
+from ..errors import OptionError
 from ..losses.terms import support_mask_from_range
 from .adjust_label_smoothed_cross_entropy import parse_constraint_range
 
 logger = logging.getLogger(__name__)
 
-CiderTable = Tuple[Dict[tuple, float], float]
-
 
 @dataclass
 class ScstRewardCriterionConfig(FairseqDataclass):
-    scst_cider_cached_tokens: Optional[str] = field(
-        default=None, metadata={"help": "CIDEr document-frequency pickle of the TRAINING references (OFA's "
-                                        "coco-train-words.p); default: counted from the training TSVs at start-up"})
     ignore_prefix_size: int = field(default=0, metadata={"help": "leave the first N hypothesis positions out"})
     sentence_avg: bool = II("optimization.sentence_avg")
     constraint_range: Optional[str] = field(
@@ -67,38 +64,23 @@ def self_critical_rewards(scores: Tensor, image_index: Tensor) -> Tensor:
     return scores - others_mean
 
 
-def load_scst_document_frequency(path: str) -> CiderTable:
-    """``--scst-cider-cached-tokens`` through the plugin's restricted loader; its errors name this option."""
-    return load_cider_document_frequency(path, option="--scst-cider-cached-tokens")
-
-
 @register_criterion("scst_reward_criterion", dataclass=ScstRewardCriterionConfig)
 class ScstRewardCriterion(FairseqCriterion):
     """OFA's ``scst_reward_criterion`` (caption stage 2) on stock fairseq; needs ``--task caption --scst``."""
 
-    def __init__(self, task, scst_cider_cached_tokens: Optional[str] = None, sentence_avg: bool = False,
-                 ignore_prefix_size: int = 0, constraint_range: Optional[str] = None):
+    def __init__(self, task, sentence_avg: bool = False, ignore_prefix_size: int = 0,
+                 constraint_range: Optional[str] = None):
         super().__init__(task)
         if not getattr(getattr(task, "cfg", None), "scst", False):
-            raise ValueError("--criterion scst_reward_criterion needs --task caption with --scst (training rows then "
-                             "keep all &&-joined references of their image)")
+            raise OptionError("--criterion scst_reward_criterion needs --task caption with --scst (training rows then "
+                              "keep all &&-joined references of their image)")
         if ignore_prefix_size < 0:
-            raise ValueError(f"--ignore-prefix-size: must be >= 0, got {ignore_prefix_size}")
+            raise OptionError(f"--ignore-prefix-size: must be >= 0, got {ignore_prefix_size}")
         self.sentence_avg = sentence_avg
         self.ignore_prefix_size = ignore_prefix_size
         dictionary = task.target_dictionary
         self.constraint_range = parse_constraint_range(constraint_range, len(dictionary))
-        if scst_cider_cached_tokens:
-            self.document_frequency = load_scst_document_frequency(scst_cider_cached_tokens)
-            logger.info("SCST CIDEr document frequencies: %s (%d images)", scst_cider_cached_tokens,
-                        int(self.document_frequency[1]))
-        else:
-            paths = task.training_paths()
-            self.document_frequency = document_frequency_of(
-                [f"{ref} {SCST_END_TOKEN}" for ref in refs] for refs in task.training_references())
-            logger.info("SCST CIDEr document frequencies counted from the %d training images of %s (no "
-                        "--scst-cider-cached-tokens; python -m ofa_el.tools.cider_table --append-eos writes one)",
-                        int(self.document_frequency[1]), ",".join(paths))
+        self.document_frequency = task.scst_document_frequency()
         self.append_eos = (SCST_END_TOKEN,) in self.document_frequency[0]
         if not self.append_eos:
             logger.warning("SCST: the CIDEr table counts no %r: scoring hypotheses and references without it "

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
+from ..errors import OptionError
+
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 #: OFA's RandAugment configuration string for ImageNet (timm's syntax).
@@ -434,14 +436,14 @@ def build_train_transform(patch_image_size: int, mean: Sequence[float] = IMAGENE
                           std: Sequence[float] = IMAGENET_DEFAULT_STD, backend: str = "auto") -> TrainTransform:
     """OFA's ImageNet training transform: timm's (``auto`` when it imports, or ``timm``) or this module's."""
     if backend not in AUGMENTATION_BACKENDS:
-        raise ValueError(f"--augmentation-backend {backend!r}: expected one of {', '.join(AUGMENTATION_BACKENDS)}")
+        raise OptionError(f"--augmentation-backend {backend!r}: expected one of {', '.join(AUGMENTATION_BACKENDS)}")
     reason = timm_unavailable_reason() if backend != "pil" else "--augmentation-backend pil"
     if reason is None:
         import timm
 
         return TrainTransform(_timm_stages(patch_image_size, mean, std), f"timm {timm.__version__}")
     if backend == "timm":
-        raise ValueError(f"--augmentation-backend timm: timm does not import here ({reason})")
+        raise OptionError(f"--augmentation-backend timm: timm does not import here ({reason})")
     return TrainTransform(_pil_stages(patch_image_size, mean, std), f"ofa_el PIL ({reason})")
 
 

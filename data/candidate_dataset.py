@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from fairseq.data import data_utils
 
+from ..errors import OptionError
 from .candidates import CandidateSet
 from .ofa_dataset import BASE_BATCH_EXTRAS, OFADataset
 
@@ -22,7 +23,7 @@ PROMPT_TYPES = ("none", "src", "prev_output")
 
 def check_prompt_type(prompt_type: str) -> str:
     if prompt_type not in PROMPT_TYPES:
-        raise ValueError(f"--prompt-type: expected one of {', '.join(PROMPT_TYPES)}, got {prompt_type!r}")
+        raise OptionError(f"--prompt-type: expected one of {', '.join(PROMPT_TYPES)}, got {prompt_type!r}")
     return prompt_type
 
 

@@ -18,6 +18,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 
+from ..errors import InvalidDataError, MissingFileError, OptionError
 from .safe_pickle import load_restricted_pickle
 from .text import TextCodec
 
@@ -38,7 +39,7 @@ def load_answer_list(path: str, option: str = "--ans2label-file") -> List[str]:
     """
     where = f"{option} {path}"
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{option}: file not found: {path}")
+        raise MissingFileError(f"{option}: file not found: {path}")
     lower = path.lower()
     if lower.endswith(PICKLE_SUFFIXES):
         loaded = load_restricted_pickle(path, option, "answer list", holds="a dict of answer strings to integer "
@@ -48,12 +49,12 @@ def load_answer_list(path: str, option: str = "--ans2label-file") -> List[str]:
         try:
             text = handle.read()
         except UnicodeDecodeError as err:
-            raise ValueError(f"{where}: not UTF-8 text ({err})") from None
+            raise InvalidDataError(f"{where}: not UTF-8 text ({err})") from None
     if lower.endswith(".json"):
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err})") from None
+            raise InvalidDataError(f"{where}: not valid JSON ({err})") from None
         return _answers_of(loaded, where)
     answers: List[str] = []
     first_line: Dict[str, int] = {}
@@ -62,13 +63,13 @@ def load_answer_list(path: str, option: str = "--ans2label-file") -> List[str]:
         if not answer and number == text.count("\n") + 1:
             break  # the text after the final newline
         if not answer.strip():
-            raise ValueError(f"{path}: line {number}: empty answer")
+            raise InvalidDataError(f"{path}: line {number}: empty answer")
         if answer in first_line:
-            raise ValueError(f"{path}: line {number}: answer {answer!r} repeats line {first_line[answer]}")
+            raise InvalidDataError(f"{path}: line {number}: answer {answer!r} repeats line {first_line[answer]}")
         first_line[answer] = number
         answers.append(answer)
     if not answers:
-        raise ValueError(f"{where}: no answers")
+        raise InvalidDataError(f"{where}: no answers")
     return answers
 
 
@@ -77,21 +78,22 @@ def _answers_of(loaded, where: str) -> List[str]:
     if isinstance(loaded, Mapping):
         bad_labels = [(k, v) for k, v in loaded.items() if not isinstance(v, int) or isinstance(v, bool)]
         if bad_labels:
-            raise ValueError(f"{where}: labels must be integers, got {bad_labels[0][1]!r} for {bad_labels[0][0]!r}")
+            raise InvalidDataError(f"{where}: labels must be integers, got {bad_labels[0][1]!r} for "
+                                   f"{bad_labels[0][0]!r}")
         answers = list(loaded.keys())
     elif isinstance(loaded, (list, tuple)):
         answers = list(loaded)
     else:
-        raise ValueError(f"{where}: expected a dict {{answer: label}} or a list of answers, "
-                         f"got {type(loaded).__name__}")
+        raise InvalidDataError(f"{where}: expected a dict {{answer: label}} or a list of answers, "
+                               f"got {type(loaded).__name__}")
     if not answers:
-        raise ValueError(f"{where}: no answers")
+        raise InvalidDataError(f"{where}: no answers")
     seen = set()
     for index, answer in enumerate(answers):
         if not isinstance(answer, str) or not answer.strip() or "\n" in answer:
-            raise ValueError(f"{where}: answer {index} is not a non-empty one-line string: {answer!r}")
+            raise InvalidDataError(f"{where}: answer {index} is not a non-empty one-line string: {answer!r}")
         if answer in seen:
-            raise ValueError(f"{where}: answer {answer!r} appears twice")
+            raise InvalidDataError(f"{where}: answer {answer!r} appears twice")
         seen.add(answer)
     return answers
 
@@ -101,7 +103,7 @@ def parse_answer_dict(value: str, option: str = "--ans2label-dict") -> List[str]
     try:
         loaded = json.loads(value)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{option}: not valid JSON ({err}): {value!r}") from None
+        raise OptionError(f"{option}: not valid JSON ({err}): {value!r}") from None
     return _answers_of(loaded, option)
 
 
@@ -152,10 +154,10 @@ class CandidateSet:
         for i, tokens in enumerate(self.tokens):
             key = tuple(tokens.tolist())
             if not key:
-                raise ValueError(f"{source}: answer {self.answers[i]!r} encodes to no tokens")
+                raise InvalidDataError(f"{source}: answer {self.answers[i]!r} encodes to no tokens")
             if key in owner:
-                raise ValueError(f"{source}: answers {self.answers[owner[key]]!r} and {self.answers[i]!r} have the "
-                                 "same tokens")
+                raise InvalidDataError(f"{source}: answers {self.answers[owner[key]]!r} and {self.answers[i]!r} have "
+                                       "the same tokens")
             owner[key] = i
             self.trie.insert((self.bos,) + key + (self.eos,))
         self._allowed_rows: Optional[List[List[List[int]]]] = None

@@ -6,8 +6,10 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
+from ..errors import InvalidDataError, OptionError
 from .ofa_dataset import BASE_BATCH_EXTRAS, OFADataset, RowParser, image_to_tensor
-from .text import TextCodec, clean_references, clean_train_caption
+from .caption_references import parse_references
+from .text import TextCodec, clean_train_caption
 
 #: The encoder text for every caption sample (GPT-2 BPE; note the leading space).
 CAPTION_PROMPT = " what does the image describe?"
@@ -44,7 +46,7 @@ class CaptionRowParser(RowParser):
     def __post_init__(self):
         super().__post_init__()
         if self.max_tgt_length < 1:
-            raise ValueError(f"--max-tgt-length must be positive, got {self.max_tgt_length}")
+            raise OptionError(f"--max-tgt-length must be positive, got {self.max_tgt_length}")
 
     def parse(self, fields: Dict[str, str]) -> CaptionRow:
         image = self.load_image(fields["image"])
@@ -52,12 +54,12 @@ class CaptionRowParser(RowParser):
         if not holds_references:
             target_text = clean_train_caption(fields["caption"], self.max_tgt_length)
             if not target_text:
-                raise ValueError(f"caption column is empty after cleaning: {fields['caption']!r}")
+                raise InvalidDataError(f"caption column is empty after cleaning: {fields['caption']!r}")
             return CaptionRow(fields["uniq_id"], image, target_text, None)
-        references = clean_references(fields["caption"])
-        empty = [k + 1 for k, ref in enumerate(references) if not ref]
-        if empty:
-            raise ValueError(f"caption column: reference(s) {empty} of {len(references)} empty after cleaning")
+        try:
+            references = parse_references(fields["caption"])
+        except InvalidDataError as err:
+            raise InvalidDataError(f"caption column: {err}") from None
         return CaptionRow(fields["uniq_id"], image, REFERENCE_SEPARATOR.join(references), references)
 
 
@@ -72,11 +74,12 @@ class CaptionDataset(OFADataset):
     """
 
     FIELDS = CaptionRowParser.FIELDS
+    SELECTED_COLS = CAPTION_SELECTED_COLS
     #: Evaluation splits keep their cleaned references for CIDEr.
     BATCH_EXTRAS = {**BASE_BATCH_EXTRAS, "references": "references"}
 
     def __init__(self, path: str, split: str, codec: TextCodec,
-                 selected_cols: Union[str, Sequence[int]] = CAPTION_SELECTED_COLS,
+                 selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = CAPTION_PATCH_IMAGE_SIZE, max_tgt_length: int = 30,
                  references: Optional[bool] = None, **kwargs):
         parser = CaptionRowParser(patch_image_size, split=split, max_tgt_length=max_tgt_length, references=references)

@@ -5,6 +5,8 @@ import os
 
 from fairseq.data import Dictionary
 
+from ..errors import MissingFileError
+
 NUM_IMAGE_CODES = 8192
 
 
@@ -15,7 +17,7 @@ def build_ofa_dictionary(dict_path: str, num_bins: int = 1000, num_codes: int = 
     every official OFA checkpoint was trained with; the order fixes the embedding rows.
     """
     if not os.path.isfile(dict_path):
-        raise FileNotFoundError(f"dictionary file not found: {dict_path}")
+        raise MissingFileError(f"dictionary file not found: {dict_path}")
     dictionary = Dictionary.load(dict_path)
     dictionary.add_symbol("<mask>")
     for i in range(num_codes):

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Dict, FrozenSet, Sequence, Tuple, Union
 
 from PIL import Image
 
+from ..errors import InvalidDataError
 from .augment import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_train_transform, eval_transform
 from .candidate_dataset import CandidateDataset
 from .candidates import CandidateSet
@@ -48,7 +49,7 @@ class ImageClassifyRowParser(RowParser):
     def __post_init__(self):
         super().__post_init__()
         if not self.classes:
-            raise ValueError(f"{self.classes_source}: the class list is empty")
+            raise InvalidDataError(f"{self.classes_source}: the class list is empty")
         self._class_set = frozenset(self.classes)
 
     def parse(self, fields: Dict[str, str]) -> ImageClassifyRow:
@@ -57,8 +58,8 @@ class ImageClassifyRowParser(RowParser):
             hint = ""
             if name.strip() in self._class_set:
                 hint = " (it is, without the surrounding whitespace)"
-            raise ValueError(f"class column: {name!r} is not in the class list ({self.classes_source}, "
-                             f"{len(self._class_set)} classes){hint}")
+            raise InvalidDataError(f"class column: {name!r} is not in the class list ({self.classes_source}, "
+                                   f"{len(self._class_set)} classes){hint}")
         return ImageClassifyRow(self.load_image(fields["image"]), name)
 
 
@@ -73,13 +74,14 @@ class ImageClassifyDataset(CandidateDataset):
     """
 
     FIELDS = ImageClassifyRowParser.FIELDS
+    SELECTED_COLS = IMAGE_CLASSIFY_SELECTED_COLS
 
     def __init__(self, path: str, split: str, codec: TextCodec, candidates: CandidateSet,
-                 selected_cols: Union[str, Sequence[int]] = IMAGE_CLASSIFY_SELECTED_COLS,
+                 selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = IMAGE_CLASSIFY_PATCH_IMAGE_SIZE, imagenet_default_mean_and_std: bool = False,
                  augmentation_backend: str = "auto", classes_source: str = "--ans2label-file", **kwargs):
         parser = ImageClassifyRowParser(patch_image_size, classes=candidates.answers, classes_source=classes_source)
-        super().__init__(path, split, codec, selected_cols or IMAGE_CLASSIFY_SELECTED_COLS, parser,
+        super().__init__(path, split, codec, selected_cols, parser,
                          candidates=candidates, prompt_type="none", **kwargs)
         self.mean, self.std = ((IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if imagenet_default_mean_and_std
                                else (IMAGE_MEAN, IMAGE_STD))

@@ -21,6 +21,7 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InvalidDataError, OptionError
 from .text import TextCodec
 from .tsv import InvalidRowError, TsvFile, parse_selected_cols
 
@@ -46,23 +47,23 @@ BASE_BATCH_EXTRAS: Dict[str, str] = {"conf": "conf"}
 def decode_base64(field: str) -> bytes:
     """Strict base64 decoding that accepts both the URL-safe and the standard alphabet.
 
-    Raises ``ValueError`` for any character outside the alphabets or wrong padding, where
+    Raises :class:`~ofa_el.errors.InvalidDataError` for any character outside the alphabets or wrong padding, where
     Python's lenient decoder would silently drop characters.
     """
     try:
         return base64.b64decode(field.encode("ascii").translate(_STANDARD_ALPHABET), validate=True)
     except (UnicodeEncodeError, binascii.Error) as err:
-        raise ValueError(f"invalid base64 ({err})") from None
+        raise InvalidDataError(f"invalid base64 ({err})") from None
 
 
 def decode_image(field: str) -> Image.Image:
     """A base64 image field to an RGB PIL image, fully decoded.
 
     Unlike OFA (``LOAD_TRUNCATED_IMAGES = True``), truncated or corrupt images raise
-    ``ValueError`` instead of being padded with grey pixels and trained on.
+    :class:`~ofa_el.errors.InvalidDataError` instead of being padded with grey pixels and trained on.
     """
     if not field:
-        raise ValueError("empty image field")
+        raise InvalidDataError("empty image field")
     data = decode_base64(field)
     try:
         image = Image.open(io.BytesIO(data))
@@ -71,7 +72,7 @@ def decode_image(field: str) -> Image.Image:
     except _IMAGE_ERRORS as err:
         # PIL's message for an unknown format names the BytesIO object's address, which differs per run
         detail = "not an image format PIL can read" if isinstance(err, UnidentifiedImageError) else str(err)
-        raise ValueError(f"undecodable or truncated image ({type(err).__name__}: {detail})") from None
+        raise InvalidDataError(f"undecodable or truncated image ({type(err).__name__}: {detail})") from None
 
 
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
@@ -106,8 +107,8 @@ def selected_field_columns(selected_cols: Union[None, str, Sequence[int]], field
     """``--selected-cols`` parsed, checked to name exactly one column per field of ``owner``."""
     columns = parse_selected_cols(selected_cols)
     if columns is None or len(columns) != len(field_names):
-        raise ValueError(f"--selected-cols {selected_cols!r}: {owner} needs {len(field_names)} columns "
-                         f"({', '.join(field_names)})")
+        raise OptionError(f"--selected-cols {selected_cols!r}: {owner} needs {len(field_names)} columns "
+                          f"({', '.join(field_names)})")
     return columns
 
 
@@ -115,7 +116,8 @@ def selected_field_columns(selected_cols: Union[None, str, Sequence[int]], field
 class RowParser:
     """Checks and decodes one row's named fields without a BPE; the one place a task's row checks live.
 
-    :meth:`parse` raises ``ValueError`` with the reason (no file or row: the caller knows those).
+    :meth:`parse` raises :class:`~ofa_el.errors.InvalidDataError` with the reason (no file or row: the caller
+    knows those).
     Subclasses set ``FIELDS`` and add their options; options are checked on construction, so
     training and ``check_data`` reject the same bad values.
     """
@@ -127,10 +129,10 @@ class RowParser:
 
     def __post_init__(self):
         if self.patch_image_size < 1:
-            raise ValueError(f"--patch-image-size must be positive, got {self.patch_image_size}")
+            raise OptionError(f"--patch-image-size must be positive, got {self.patch_image_size}")
 
     def parse(self, fields: Dict[str, str]) -> Any:
-        """What ``build_sample`` needs from the row, or ``ValueError(reason)``."""
+        """What ``build_sample`` needs from the row, or ``InvalidDataError(reason)``."""
         raise NotImplementedError
 
     @staticmethod
@@ -138,8 +140,8 @@ class RowParser:
         """The image column decoded in full; the reason names the column."""
         try:
             return decode_image(field)
-        except ValueError as err:
-            raise ValueError(f"image column: {err}") from None
+        except InvalidDataError as err:
+            raise InvalidDataError(f"image column: {err}") from None
 
 
 class OFADataset(FairseqDataset):
@@ -149,7 +151,8 @@ class OFADataset(FairseqDataset):
         path: the TSV file.
         split: ``"train"`` or an evaluation split name (subclasses clean text differently).
         codec: BPE + dictionary.
-        selected_cols: ``--selected-cols``; must select exactly ``len(self.FIELDS)`` columns.
+        selected_cols: ``--selected-cols``; must select exactly ``len(self.FIELDS)`` columns; None:
+            :attr:`SELECTED_COLS`.
         parser: the task's row checks and options (its ``patch_image_size`` is the side P of
             the square model input).
         skip_invalid_rows: return None for a malformed row (the collater drops it) and count
@@ -160,6 +163,8 @@ class OFADataset(FairseqDataset):
 
     #: Names of the selected fields, in ``--selected-cols`` order (the parser's).
     FIELDS: Tuple[str, ...] = ()
+    #: OFA's ``--selected-cols`` for this task's files: the one definition of the default, used when none is given.
+    SELECTED_COLS: ClassVar[str] = ""
     #: Per-sample keys beyond the core ones -> their names in the batch (see :func:`collate`).
     BATCH_EXTRAS: ClassVar[Dict[str, str]] = BASE_BATCH_EXTRAS
 
@@ -168,7 +173,7 @@ class OFADataset(FairseqDataset):
         path: str,
         split: str,
         codec: TextCodec,
-        selected_cols: Union[str, Sequence[int]],
+        selected_cols: Union[None, str, Sequence[int]],
         parser: RowParser,
         skip_invalid_rows: bool = False,
         shuffle: bool = False,
@@ -176,8 +181,8 @@ class OFADataset(FairseqDataset):
         slice_id: Optional[int] = None,
         slice_count: Optional[int] = None,
     ):
-        selected_field_columns(selected_cols, self.FIELDS, type(self).__name__)
-        self.tsv = TsvFile(path, selected_cols, slice_id=slice_id, slice_count=slice_count)
+        columns = self.field_columns(selected_cols)
+        self.tsv = TsvFile(path, tuple(columns.values()), slice_id=slice_id, slice_count=slice_count)
         self.parser = parser
         self.split = split
         self.codec = codec
@@ -189,6 +194,12 @@ class OFADataset(FairseqDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 1
+
+    @classmethod
+    def field_columns(cls, selected_cols: Union[None, str, Sequence[int]] = None) -> Dict[str, int]:
+        """Each field's 0-based column: ``--selected-cols`` (or :attr:`SELECTED_COLS`) parsed and checked, once."""
+        given = cls.SELECTED_COLS if selected_cols is None or selected_cols == "" else selected_cols
+        return dict(zip(cls.FIELDS, selected_field_columns(given, cls.FIELDS, cls.__name__)))
 
     def __len__(self) -> int:
         return len(self.tsv)
@@ -211,7 +222,7 @@ class OFADataset(FairseqDataset):
         """The parser's checked, decoded row; a malformed row raises :class:`InvalidRowError` with its file and row."""
         try:
             return self.parser.parse(fields)
-        except ValueError as err:
+        except InvalidDataError as err:
             raise self.row_error(index, str(err)) from None
 
     def row_error(self, index: int, reason: str) -> InvalidRowError:
@@ -287,9 +298,9 @@ class OFADataset(FairseqDataset):
         trainer replaces by a zero-weighted dummy batch.
         """
         if max_tokens is not None:
-            raise ValueError("--max-tokens is not supported: OFA datasets batch a fixed number of rows (--batch-size)")
+            raise OptionError("--max-tokens is not supported: OFA datasets batch a fixed number of rows (--batch-size)")
         if not max_sentences or max_sentences < 1:
-            raise ValueError("--batch-size is required: OFA datasets batch a fixed number of rows")
+            raise OptionError("--batch-size is required: OFA datasets batch a fixed number of rows")
         batches = [indices[start:start + max_sentences] for start in range(0, len(indices), max_sentences)]
         largest_shard = -(-self.tsv.total_rows // self.tsv.slice_count)
         steps = -(-largest_shard // max_sentences)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from PIL import Image
 
+from ..errors import InvalidDataError, OptionError
 from .boxes import box_to_bins
 from .ofa_dataset import BASE_BATCH_EXTRAS, OFADataset, RowParser, image_to_tensor
 from .text import TextCodec, pre_caption
@@ -36,28 +37,28 @@ def parse_region(field: str, width: int, height: int) -> Tuple[Box, bool]:
     shown = repr(field.strip())
     parts = field.strip().split(",")
     if len(parts) != 4:
-        raise ValueError(f"region column: expected 4 comma-separated numbers x0,y0,x1,y1, got {shown}")
+        raise InvalidDataError(f"region column: expected 4 comma-separated numbers x0,y0,x1,y1, got {shown}")
     try:
         x0, y0, x1, y1 = (float(part) for part in parts)
     except ValueError:
-        raise ValueError(f"region column: expected 4 numbers x0,y0,x1,y1, got {shown}") from None
+        raise InvalidDataError(f"region column: expected 4 numbers x0,y0,x1,y1, got {shown}") from None
     if not all(math.isfinite(c) for c in (x0, y0, x1, y1)):
-        raise ValueError(f"region column: coordinates must be finite, got {shown}")
+        raise InvalidDataError(f"region column: coordinates must be finite, got {shown}")
     if x1 <= x0:
-        raise ValueError(f"region column: x1 <= x0 in {shown} (corners x0,y0,x1,y1 expected, not x,y,w,h?)")
+        raise InvalidDataError(f"region column: x1 <= x0 in {shown} (corners x0,y0,x1,y1 expected, not x,y,w,h?)")
     if y1 <= y0:
-        raise ValueError(f"region column: y1 <= y0 in {shown}")
+        raise InvalidDataError(f"region column: y1 <= y0 in {shown}")
     overflows = [(-x0, f"x0 = {x0:g} < 0"), (-y0, f"y0 = {y0:g} < 0"),
                  (x1 - width, f"x1 = {x1:g} > width {width}"), (y1 - height, f"y1 = {y1:g} > height {height}")]
     overflow, where = max(overflows, key=lambda item: item[0])
     if overflow > CLIP_TOLERANCE_PX:
-        raise ValueError(f"region column: box {shown} lies outside the {width}x{height} image by {overflow:g} px "
-                         f"({where}); only boxes within {CLIP_TOLERANCE_PX:g} px of the image are clipped")
+        raise InvalidDataError(f"region column: box {shown} lies outside the {width}x{height} image by {overflow:g} px "
+                               f"({where}); only boxes within {CLIP_TOLERANCE_PX:g} px of the image are clipped")
     box = (x0, y0, x1, y1)
     right, bottom = float(width), float(height)
     clipped = (min(max(x0, 0.0), right), min(max(y0, 0.0), bottom), min(max(x1, 0.0), right), min(max(y1, 0.0), bottom))
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        raise ValueError(f"region column: box {shown} is empty once clipped to the {width}x{height} image")
+        raise InvalidDataError(f"region column: box {shown} is empty once clipped to the {width}x{height} image")
     return clipped, clipped != box
 
 
@@ -93,13 +94,13 @@ class RefcocoRowParser(RowParser):
     def __post_init__(self):
         super().__post_init__()
         if self.max_src_length < 1:
-            raise ValueError(f"--max-src-length must be positive, got {self.max_src_length}")
+            raise OptionError(f"--max-src-length must be positive, got {self.max_src_length}")
         if self.num_bins < 2:
-            raise ValueError(f"--num-bins must be at least 2, got {self.num_bins}")
+            raise OptionError(f"--num-bins must be at least 2, got {self.num_bins}")
         if self.max_image_size is None:
             self.max_image_size = self.patch_image_size
         if not self.max_image_size > 0:
-            raise ValueError(f"--max-image-size must be positive, got {self.max_image_size}")
+            raise OptionError(f"--max-image-size must be positive, got {self.max_image_size}")
         self.max_image_size = float(self.max_image_size)
 
     def parse(self, fields: Dict[str, str]) -> RefcocoRow:
@@ -109,7 +110,7 @@ class RefcocoRowParser(RowParser):
         region = torch.tensor(box, dtype=torch.float32)
         text = pre_caption(fields["text"], self.max_src_length)
         if not text:
-            raise ValueError(f"text column is empty after cleaning: {fields['text']!r}")
+            raise InvalidDataError(f"text column is empty after cleaning: {fields['text']!r}")
 
         size = self.patch_image_size
         w_resize_ratio = torch.tensor(size / width, dtype=torch.float32)
@@ -117,7 +118,7 @@ class RefcocoRowParser(RowParser):
         scale = torch.stack([w_resize_ratio, h_resize_ratio, w_resize_ratio, h_resize_ratio])
         bins = box_to_bins(region * scale, self.num_bins, self.max_image_size)
         if bins.min() < 0 or bins.max() >= self.num_bins:
-            raise ValueError(
+            raise InvalidDataError(
                 f"region column: box {fields['region'].strip()!r} quantises to bins {bins.tolist()}, outside "
                 f"0..{self.num_bins - 1} (--max-image-size {self.max_image_size:g} is below --patch-image-size {size})")
         return RefcocoRow(fields["uniq_id"], image, text, region, clipped, w_resize_ratio, h_resize_ratio,
@@ -138,19 +139,20 @@ class RefcocoDataset(OFADataset):
     """
 
     FIELDS = RefcocoRowParser.FIELDS
+    SELECTED_COLS = REFCOCO_SELECTED_COLS
     #: OFA's refcoco batch names: evaluation maps bins back to pixels with the ratios and scores the box.
     BATCH_EXTRAS = {**BASE_BATCH_EXTRAS, "w_resize_ratio": "w_resize_ratios", "h_resize_ratio": "h_resize_ratios",
                     "region_coord": "region_coords"}
 
     def __init__(self, path: str, split: str, codec: TextCodec,
-                 selected_cols: Union[str, Sequence[int]] = REFCOCO_SELECTED_COLS,
+                 selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = REFCOCO_PATCH_IMAGE_SIZE, max_src_length: int = 128, num_bins: int = 1000,
                  max_image_size: Optional[float] = None, **kwargs):
         parser = RefcocoRowParser(patch_image_size, max_src_length=max_src_length, num_bins=num_bins,
                                   max_image_size=max_image_size)
         super().__init__(path, split, codec, selected_cols, parser, **kwargs)
         if self.dictionary.index(f"<bin_{num_bins - 1}>") == self.dictionary.unk():
-            raise ValueError(f"--num-bins {num_bins}: the dictionary has no <bin_{num_bins - 1}> token")
+            raise OptionError(f"--num-bins {num_bins}: the dictionary has no <bin_{num_bins - 1}> token")
         self.max_src_length = max_src_length
         self.num_bins = num_bins
         self.max_image_size = parser.max_image_size

@@ -11,6 +11,8 @@ import os
 import pickle
 from typing import AbstractSet, Any, Tuple
 
+from ..errors import InvalidDataError, MissingFileError
+
 Global = Tuple[str, str]
 
 
@@ -33,21 +35,22 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def load_restricted_pickle(path: str, option: str, kind: str, allowed: AbstractSet[Global] = frozenset(),
                            holds: str = "dicts, lists, tuples, strings and numbers") -> Any:
-    """The object pickled in ``path``; a refused global or an unreadable file is a ``ValueError``.
+    """The object pickled in ``path``; a refused global or an unreadable file is an
+    :class:`~ofa_el.errors.InvalidDataError`.
 
     ``option`` (the flag the path came from) and ``kind`` (of file, e.g. "CIDEr table") make the
     messages: ``--opt path: refusing to load 'os.system': a CIDEr table holds only ...``. Files
     written by Python 2 load too (``latin1``, as OFA reads them).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{option}: file not found: {path}")
+        raise MissingFileError(f"{option}: file not found: {path}")
     with open(path, "rb") as handle:
         try:
             return RestrictedUnpickler(handle, allowed, encoding="latin1").load()
         except RefusedGlobal as refused:
             article = "an" if kind[:1].lower() in "aeiou" else "a"
-            raise ValueError(f"{option} {path}: refusing to load {str(refused)!r}: {article} {kind} holds only "
-                             f"{holds}") from None
+            raise InvalidDataError(f"{option} {path}: refusing to load {str(refused)!r}: {article} {kind} holds only "
+                                   f"{holds}") from None
         except Exception as err:  # any parse failure of an untrusted file is a bad file, not a crash
-            raise ValueError(f"{option} {path}: not a readable {kind} pickle "
-                             f"({type(err).__name__}: {err})") from None
+            raise InvalidDataError(f"{option} {path}: not a readable {kind} pickle "
+                                   f"({type(err).__name__}: {err})") from None

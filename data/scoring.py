@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
+from ..errors import InvalidDataError
 from .boxes import box_iou, grounding_hits
 from .safe_pickle import load_restricted_pickle
 
@@ -69,7 +70,8 @@ def unique_records(records: Iterable[tuple], what: str = "record") -> Dict[Hasha
     for sample_id, *values in records:
         values = tuple(_comparable(v) for v in values)
         if sample_id in merged and merged[sample_id] != values:
-            raise ValueError(f"sample id {sample_id!r} has two different {what}s: {merged[sample_id]} and {values}")
+            raise InvalidDataError(f"sample id {sample_id!r} has two different {what}s: {merged[sample_id]} and "
+                                   f"{values}")
         merged[sample_id] = values
     if not merged:
         raise ValueError(f"no {what}s to score")
@@ -99,25 +101,25 @@ def _is_number(value) -> bool:
 def _check_cider_table(cached, where: str) -> Tuple[Dict[tuple, float], float]:
     """Raise ValueError, naming ``where``, unless ``cached`` has the structure of OFA's table."""
     if not isinstance(cached, dict):
-        raise ValueError(f"{where}: expected a dict with keys 'document_frequency' and 'ref_len', "
-                         f"got {type(cached).__name__}")
+        raise InvalidDataError(f"{where}: expected a dict with keys 'document_frequency' and 'ref_len', "
+                               f"got {type(cached).__name__}")
     missing = {"document_frequency", "ref_len"} - set(cached)
     if missing:
-        raise ValueError(f"{where}: missing key(s) {sorted(missing)}")
+        raise InvalidDataError(f"{where}: missing key(s) {sorted(missing)}")
     ref_len = cached["ref_len"]
     if not _is_number(ref_len) or not np.isfinite(ref_len) or ref_len <= 0:
-        raise ValueError(f"{where}: ref_len must be a positive number (the number of images), got {ref_len!r}")
+        raise InvalidDataError(f"{where}: ref_len must be a positive number (the number of images), got {ref_len!r}")
     table = cached["document_frequency"]
     if not isinstance(table, dict):
-        raise ValueError(f"{where}: document_frequency must be a dict, got {type(table).__name__}")
+        raise InvalidDataError(f"{where}: document_frequency must be a dict, got {type(table).__name__}")
     if isinstance(table, defaultdict) and table.default_factory not in (None, float, int):
-        raise ValueError(f"{where}: document_frequency has default factory {table.default_factory!r}")
+        raise InvalidDataError(f"{where}: document_frequency has default factory {table.default_factory!r}")
     for ngram, count in table.items():
         if not (isinstance(ngram, tuple) and ngram and all(isinstance(word, str) for word in ngram)):
-            raise ValueError(f"{where}: document_frequency key {ngram!r} is not an n-gram (a tuple of strings)")
+            raise InvalidDataError(f"{where}: document_frequency key {ngram!r} is not an n-gram (a tuple of strings)")
         if not _is_number(count) or not 0 <= count <= ref_len:
-            raise ValueError(f"{where}: document_frequency[{ngram!r}] = {count!r}; expected a number of images "
-                             f"between 0 and ref_len = {ref_len!r}")
+            raise InvalidDataError(f"{where}: document_frequency[{ngram!r}] = {count!r}; expected a number of images "
+                                   f"between 0 and ref_len = {ref_len!r}")
     return DocumentFrequency(table), float(ref_len)
 
 
@@ -205,7 +207,7 @@ def cider(records: Iterable[CaptionRecord], cached_document_frequency: Optional[
         scorer = CiderScorer(n=4, sigma=6.0)
     for sample_id, (hypothesis, references) in samples.items():
         if not references:
-            raise ValueError(f"sample id {sample_id!r} has no references")
+            raise InvalidDataError(f"sample id {sample_id!r} has no references")
         scorer += (hypothesis, list(references))
     if document_frequency is not None:
         scores = scorer.compute_cider()
@@ -256,12 +258,3 @@ def grounding_metrics(records: Iterable[BoxRecord], threshold: float = 0.5) -> D
         "miou": box_iou(pred, target).mean().item(),
         "count": len(samples),
     }
-
-
-def gather_records(records: List[tuple]) -> List[tuple]:
-    """Gather ``records`` from every rank of torch.distributed (a no-op when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return list(records)
-    gathered: List[Optional[List[tuple]]] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(gathered, list(records))
-    return [record for rank_records in gathered for record in rank_records]

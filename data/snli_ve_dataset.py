@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Dict, Sequence, Tuple, Union
 
 from PIL import Image
 
+from ..errors import InvalidDataError, OptionError
 from .candidate_dataset import CandidateDataset
 from .ofa_dataset import RowParser, image_to_tensor
 from .text import TextCodec, pre_caption
@@ -51,25 +52,25 @@ class SnliVeRowParser(RowParser):
     def __post_init__(self):
         super().__post_init__()
         if self.max_src_length < 1:
-            raise ValueError(f"--max-src-length must be positive, got {self.max_src_length}")
+            raise OptionError(f"--max-src-length must be positive, got {self.max_src_length}")
 
     def prompt(self, hypothesis: str, caption: str) -> str:
-        """The encoder text of a row (raises ``ValueError`` for a text that cleans to nothing)."""
+        """The encoder text of a row (raises ``InvalidDataError`` for a text that cleans to nothing)."""
         hypothesis_text = pre_caption(hypothesis, self.max_src_length)
         if not hypothesis_text:
-            raise ValueError(f"hypothesis column is empty after cleaning: {hypothesis!r}")
+            raise InvalidDataError(f"hypothesis column is empty after cleaning: {hypothesis!r}")
         if not self.add_caption:
             return SNLI_VE_PROMPT.format(hypothesis=hypothesis_text)
         caption_text = pre_caption(caption, self.max_src_length)
         if not caption_text:
-            raise ValueError(f"caption column is empty after cleaning (--add-caption puts it in the prompt): "
-                             f"{caption!r}")
+            raise InvalidDataError(f"caption column is empty after cleaning (--add-caption puts it in the prompt): "
+                                   f"{caption!r}")
         return SNLI_VE_CAPTION_PROMPT.format(caption=caption_text, hypothesis=hypothesis_text)
 
     def parse(self, fields: Dict[str, str]) -> SnliVeRow:
         label = fields["label"]
         if label not in SNLI_VE_ANSWERS:
-            raise ValueError(f"label column: {label!r} is not one of {', '.join(SNLI_VE_ANSWERS)}")
+            raise InvalidDataError(f"label column: {label!r} is not one of {', '.join(SNLI_VE_ANSWERS)}")
         prompt = self.prompt(fields["hypothesis"], fields["caption"])
         return SnliVeRow(fields["uniq_id"], self.load_image(fields["image"]), prompt, SNLI_VE_ANSWERS[label])
 
@@ -79,13 +80,14 @@ class SnliVeDataset(CandidateDataset):
     ``--prompt-type`` decoder prompt, with its constraint mask over the candidates (yes, no, maybe)."""
 
     FIELDS = SnliVeRowParser.FIELDS
+    SELECTED_COLS = SNLI_VE_SELECTED_COLS
 
     def __init__(self, path: str, split: str, codec: TextCodec,
-                 selected_cols: Union[str, Sequence[int]] = SNLI_VE_SELECTED_COLS,
+                 selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = SNLI_VE_PATCH_IMAGE_SIZE, max_src_length: int = 80, add_caption: bool = False,
                  **kwargs):
         parser = SnliVeRowParser(patch_image_size, max_src_length=max_src_length, add_caption=add_caption)
-        super().__init__(path, split, codec, selected_cols or SNLI_VE_SELECTED_COLS, parser, **kwargs)
+        super().__init__(path, split, codec, selected_cols, parser, **kwargs)
 
     def build_sample(self, index: int, fields: Dict[str, str]) -> Dict[str, Any]:
         row: SnliVeRow = self.parse(index, fields)

@@ -10,6 +10,7 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.data.encoders.gpt2_bpe import GPT2BPE, GPT2BPEConfig
 
+from ..errors import MissingFileError
 from .dictionary import build_ofa_dictionary
 
 #: Files a ``--bpe-dir`` must hold (the standard GPT-2 BPE files plus fairseq's dict.txt).
@@ -25,7 +26,7 @@ def check_bpe_dir(bpe_dir: str) -> None:
     for name in BPE_FILES:
         path = os.path.join(bpe_dir, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"--bpe-dir: missing {path} (a BPE dir holds {', '.join(BPE_FILES)})")
+            raise MissingFileError(f"--bpe-dir: missing {path} (a BPE dir holds {', '.join(BPE_FILES)})")
 
 
 class TextCodec:

@@ -14,13 +14,13 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..tools.errors import UserError
+from ..errors import InvalidDataError, MissingFileError, OptionError
 
 #: Bytes scanned per read while indexing; large enough for multi-GB files to index quickly.
 _SCAN_CHUNK = 1 << 24
 
 
-class InvalidRowError(UserError, ValueError):
+class InvalidRowError(InvalidDataError):
     """A row of a data file that cannot be turned into a sample; ``row`` is the 1-based line number."""
 
     def __init__(self, path: str, row: int, reason: str):
@@ -41,11 +41,12 @@ def parse_selected_cols(selected_cols: Union[None, str, Sequence[int]]) -> Optio
         try:
             cols = tuple(int(part) for part in selected_cols.split(","))
         except ValueError:
-            raise ValueError(f"--selected-cols: expected comma-separated column indices, got {selected_cols!r}") from None
+            raise OptionError("--selected-cols: expected comma-separated column indices, got "
+                              f"{selected_cols!r}") from None
     else:
         cols = tuple(int(col) for col in selected_cols)
     if any(col < 0 for col in cols):
-        raise ValueError(f"--selected-cols: column indices must be >= 0, got {selected_cols!r}")
+        raise OptionError(f"--selected-cols: column indices must be >= 0, got {selected_cols!r}")
     return cols
 
 
@@ -111,7 +112,7 @@ class TsvFile:
         slice_count: Optional[int] = None,
     ):
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"data file not found: {path}")
+            raise MissingFileError(f"data file not found: {path}")
         self.path = path
         self.selected_cols = parse_selected_cols(selected_cols)
         if (slice_id is None) != (slice_count is None):
@@ -123,7 +124,7 @@ class TsvFile:
         self._offsets = index_rows(path)
         self.total_rows = len(self._offsets) - 1
         if self.total_rows == 0:
-            raise ValueError(f"data file is empty: {path}")
+            raise InvalidDataError(f"data file is empty: {path}")
         self.slice_id, self.slice_count = slice_id, slice_count
         self.first_row, self.num_rows = shard_range(self.total_rows, slice_id, slice_count)
         self.num_columns = num_columns if num_columns is not None else self._read_row(0).count(b"\t") + 1

@@ -16,6 +16,7 @@ from typing import AbstractSet, Any, ClassVar, Dict, Optional, Sequence, Tuple, 
 import torch
 from PIL import Image
 
+from ..errors import InvalidDataError, OptionError
 from .candidate_dataset import CandidateDataset
 from .candidates import CandidateSet
 from .ofa_dataset import RowParser, image_to_tensor
@@ -45,22 +46,22 @@ class VqaRow:
 def parse_answers(field: str) -> Dict[str, float]:
     """``conf|!+answer&&...`` -> ``{answer: conf}`` (a repeated answer keeps its last confidence, as OFA)."""
     if not field.strip():
-        raise ValueError("answers column is empty")
+        raise InvalidDataError("answers column is empty")
     answers: Dict[str, float] = {}
     for number, item in enumerate(field.split(ANSWER_SEPARATOR), start=1):
         confidence, separator, answer = item.partition(CONFIDENCE_SEPARATOR)
         if not separator:
-            raise ValueError(f"answers column: item {number} {item!r} has no '{CONFIDENCE_SEPARATOR}' "
-                             "(expected confidence|!+answer)")
+            raise InvalidDataError(f"answers column: item {number} {item!r} has no '{CONFIDENCE_SEPARATOR}' "
+                                   "(expected confidence|!+answer)")
         try:
             value = float(confidence)
         except ValueError:
-            raise ValueError(f"answers column: item {number} {item!r}: confidence {confidence!r} is not a "
-                             "number") from None
+            raise InvalidDataError(f"answers column: item {number} {item!r}: confidence {confidence!r} is not a "
+                                   "number") from None
         if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"answers column: item {number} {item!r}: confidence {value} is not in [0, 1]")
+            raise InvalidDataError(f"answers column: item {number} {item!r}: confidence {value} is not in [0, 1]")
         if not answer.strip():
-            raise ValueError(f"answers column: item {number} {item!r} has an empty answer")
+            raise InvalidDataError(f"answers column: item {number} {item!r} has an empty answer")
         answers[answer] = value
     return answers
 
@@ -84,22 +85,22 @@ class VqaRowParser(RowParser):
         super().__post_init__()
         for name in ("max_src_length", "max_object_length"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise OptionError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
     def parse(self, fields: Dict[str, str]) -> VqaRow:
         try:
             question_id = int(fields["question_id"])
         except ValueError:
-            raise ValueError(f"question id column: {fields['question_id']!r} is not an integer") from None
+            raise InvalidDataError(f"question id column: {fields['question_id']!r} is not an integer") from None
         question = pre_question(fields["question"], self.max_src_length)
         if not question.strip(" ?"):
-            raise ValueError(f"question column is empty after cleaning: {fields['question']!r}")
+            raise InvalidDataError(f"question column is empty after cleaning: {fields['question']!r}")
         question = question if question.endswith("?") else question + "?"
         ref_dict = parse_answers(fields["answers"])
         answer = max(ref_dict, key=ref_dict.get)
         if self.answers is not None and answer not in self.answers:
-            raise ValueError(f"answers column: the target answer {answer!r} is not in the candidate answer list "
-                             "(--ans2label-file)")
+            raise InvalidDataError(f"answers column: the target answer {answer!r} is not in the candidate answer list "
+                                   "(--ans2label-file)")
         objects = None
         if self.add_object:  # as OFA: an empty tag field still adds " object: "
             objects = " ".join(fields["objects"].strip().split(ANSWER_SEPARATOR)[:self.max_object_length])
@@ -111,14 +112,15 @@ class VqaDataset(CandidateDataset):
     """Rows ``(question id, image, question, answers, objects)`` as OFA's VQA samples (see the module doc)."""
 
     FIELDS = VqaRowParser.FIELDS
+    SELECTED_COLS = VQA_SELECTED_COLS
 
     def __init__(self, path: str, split: str, codec: TextCodec,
-                 selected_cols: Union[str, Sequence[int]] = VQA_SELECTED_COLS,
+                 selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = VQA_PATCH_IMAGE_SIZE, max_src_length: int = 128,
                  max_object_length: int = 30, max_tgt_length: int = 30, add_object: bool = False,
                  candidates: Optional[CandidateSet] = None, prompt_type: str = "none", **kwargs: Any):
         if max_tgt_length < 1:
-            raise ValueError(f"--max-tgt-length must be positive, got {max_tgt_length}")
+            raise OptionError(f"--max-tgt-length must be positive, got {max_tgt_length}")
         parser = VqaRowParser(patch_image_size, max_src_length=max_src_length, max_object_length=max_object_length,
                               add_object=add_object, answers=frozenset(candidates.answers) if candidates else None)
         super().__init__(path, split, codec, selected_cols, parser, candidates=candidates, prompt_type=prompt_type,

@@ -74,11 +74,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from ofa_el.errors import MissingFileError, UserError
 from ofa_el.tools.errors import run_cli
 from ofa_el.tools.launch import REPO_ROOT, expand, load_recipe
 
 
-class LogError(ValueError):
+class LogError(UserError, ValueError):
     """A training log that cannot give the numbers asked for; the message names the file (and line)."""
 
 
@@ -86,7 +87,7 @@ class RunError(RuntimeError):
     """A training or evaluation subprocess that failed; the message names its log and shows its tail."""
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A command-line option that cannot be used; the message names the option and the accepted values."""
 
 
@@ -469,7 +470,7 @@ def recipe_sizes(task: str) -> Tuple[int, int, int, int, Path]:
     args = recipe.get("args") or {}
     train_file = Path(expand(str(recipe["data"][0]), os.environ, recipe.get("env") or {}, str(path)).split(",")[0])
     if not train_file.is_file():
-        raise FileNotFoundError(f"{path}: training data {train_file} not found (make demo writes it)")
+        raise MissingFileError(f"{path}: training data {train_file} not found (make demo writes it)")
     with open(train_file, "rb") as handle:
         rows = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
     batch = int(args.get("batch-size", 1)) * int(args.get("update-freq", 1))
@@ -671,7 +672,7 @@ def start_checkpoint(task: str, work: Path, quick: bool, threads: Optional[int])
     if os.environ.get("RESTORE_FILE"):
         path = Path(os.environ["RESTORE_FILE"])
         if not path.is_file():
-            raise FileNotFoundError(f"RESTORE_FILE={path} does not exist")
+            raise MissingFileError(f"RESTORE_FILE={path} does not exist")
         return path
     source = spec.starts_from
     env = _base_env(threads)
@@ -790,7 +791,7 @@ def _at_least(value: Optional[int], lowest: int, option: str) -> None:
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Train what is missing (after a measured time estimate), or only re-read the logs; write the reports.
-    Bad input raises UsageError, LogError, RecipeError or FileNotFoundError; a failed run RunError."""
+    Bad input raises UsageError, LogError, RecipeError or MissingFileError (user errors); a failed run RunError."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=None, help="seeds 1..N per criterion (default 3; --quick 1)")
     parser.add_argument("--tasks", default=DEFAULT_TASKS,

@@ -7,13 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from .reduction import check_reduction, reduce, upcast_half
-from .terms import EncouragingBonus, LabelSmoothedCE, Tokens, epsilon_from_uniform_smoothing, per_token_loss
-
-
-def _check_log_end(log_end: float) -> float:
-    if not 0.0 < log_end <= 1.0:
-        raise ValueError(f"log_end must lie in (0, 1], got {log_end}")
-    return log_end
+from .terms import (EncouragingBonus, LabelSmoothedCE, Tokens, check_log_end, epsilon_from_uniform_smoothing,
+                    per_token_loss)
 
 
 class EncouragingLoss(nn.Module):
@@ -21,7 +16,7 @@ class EncouragingLoss(nn.Module):
 
     def __init__(self, log_end: float = 0.75, reduction: str = "mean"):
         super().__init__()
-        self.log_end = _check_log_end(log_end)
+        self.log_end = check_log_end(log_end)
         self.reduction = check_reduction(reduction)
         self.terms = [LabelSmoothedCE(0.0), EncouragingBonus(0.0, self.log_end)]
 
@@ -46,7 +41,7 @@ class LabelSmoothingEncouragingLoss(nn.Module):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must lie in [0, 1), got {smoothing}")
         self.smoothing = smoothing
-        self.log_end = _check_log_end(log_end)
+        self.log_end = check_log_end(log_end)
         self.reduction = check_reduction(reduction)
         self.bonus = EncouragingBonus(smoothing, self.log_end)
 

@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from ..errors import OptionError
+
 BONUS_FLOOR = 1e-5
 
 #: A per-row quantity of a chunk: a [n, 1] tensor, or a Python number for every row.
@@ -82,6 +84,14 @@ def support_sizes(support: Optional[Tensor], num_tokens: int, vocab_size: int, l
         return torch.full((num_tokens,), float(vocab_size), dtype=like.dtype, device=like.device)
     sizes = support.sum(-1).to(like.dtype)
     return sizes.expand(num_tokens) if support.dim() == 1 else sizes
+
+
+def check_log_end(log_end: float, name: str = "log_end") -> float:
+    """The bonus's tangent point lies in (0, 1] (1 keeps the full log); ``name`` is what the caller calls it
+    (``--log-end`` for the criterion), so that the one check of this range speaks in the caller's terms."""
+    if not 0.0 < log_end <= 1.0:
+        raise OptionError(f"{name}: must lie in (0, 1], got {log_end}")
+    return log_end
 
 
 def _check_epsilon(epsilon: float) -> None:
@@ -284,8 +294,7 @@ class EncouragingBonus(Term):
 
     def __post_init__(self):
         _check_epsilon(self.epsilon)
-        if not 0.0 < self.log_end <= 1.0:
-            raise ValueError(f"log_end must lie in (0, 1], got {self.log_end}")
+        check_log_end(self.log_end)
 
     def value(self, tokens: Tokens) -> Tensor:
         bonus = encouraging_bonus(tokens.probs, self.log_end)

@@ -19,6 +19,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim.lr_scheduler import FairseqLRScheduler, register_lr_scheduler
 from omegaconf import II
 
+from ..errors import OptionError
+
 logger = logging.getLogger(__name__)
 
 
@@ -78,12 +80,12 @@ class OFAPolynomialDecaySchedule(FairseqLRScheduler):
     def __init__(self, cfg: OFAPolynomialDecayConfig, optimizer):
         super().__init__(cfg, optimizer)
         if not 0.0 <= cfg.warmup_ratio < 1.0:
-            raise ValueError(f"--warmup-ratio: must lie in [0, 1), got {cfg.warmup_ratio}")
+            raise OptionError(f"--warmup-ratio: must lie in [0, 1), got {cfg.warmup_ratio}")
         self.peak = cfg.lr[0]
         self.total = self._total(cfg, first_training_file(cfg))
         self.warmup = int(self.total * cfg.warmup_ratio) if cfg.warmup_ratio > 0 else cfg.warmup_updates
         if self.warmup >= self.total:
-            raise ValueError(f"warm-up ({self.warmup} updates) must be shorter than the run ({self.total} updates)")
+            raise OptionError(f"warm-up ({self.warmup} updates) must be shorter than the run ({self.total} updates)")
         logger.info("ofa_polynomial_decay: %d updates, %d of warm-up, peak lr %g", self.total, self.warmup, self.peak)
         self.optimizer.set_lr(self.step_update(0))
 
@@ -97,8 +99,8 @@ class OFAPolynomialDecaySchedule(FairseqLRScheduler):
                                  cfg.max_epoch)
         if cfg.max_update:
             return int(cfg.max_update)
-        raise ValueError("ofa_polynomial_decay needs --total-num-update, or --max-epoch with --batch-size and an OFA "
-                         "task's training TSV, or --max-update")
+        raise OptionError("ofa_polynomial_decay needs --total-num-update, or --max-epoch with --batch-size and an OFA "
+                          "task's training TSV, or --max-update")
 
     def step_update(self, num_updates: int) -> float:
         lr = polynomial_lr(num_updates, self.peak, self.warmup, self.total, self.cfg.end_learning_rate, self.cfg.power)

@@ -17,6 +17,7 @@ from fairseq import metrics
 from fairseq.dataclass import ChoiceEnum
 
 from ..data.candidates import CandidateSet, load_answer_list, parse_answer_dict
+from ..errors import OptionError
 from .candidate_scoring import TrieBeamSearch, TriePrefixConstraint, best_candidates
 from .ofa_task import OFATask, OFATaskConfig
 
@@ -53,16 +54,16 @@ class CandidateTask(OFATask):
     def __init__(self, cfg: CandidateTaskConfig, codec):
         super().__init__(cfg, codec)
         if str(cfg.val_inference_type) not in INFERENCE_TYPES:
-            raise ValueError(f"--val-inference-type: expected allcand or beamsearch, got {cfg.val_inference_type!r}")
+            raise OptionError(f"--val-inference-type: expected allcand or beamsearch, got {cfg.val_inference_type!r}")
         if cfg.valid_batch_size < 1:
-            raise ValueError(f"--valid-batch-size: must be positive, got {cfg.valid_batch_size}")
+            raise OptionError(f"--valid-batch-size: must be positive, got {cfg.valid_batch_size}")
         self.uses_ema = cfg.uses_ema
         self.candidates: Optional[CandidateSet] = None
         if self.constrained:
             self.candidates = CandidateSet(self.answer_list(), codec, source=cfg.ans2label_file or "--ans2label-dict")
             logger.info("%d candidate answers", len(self.candidates))
         elif str(cfg.val_inference_type) == "allcand":
-            raise ValueError("--val-inference-type allcand needs a candidate set: use beamsearch without one")
+            raise OptionError("--val-inference-type allcand needs a candidate set: use beamsearch without one")
         self.trie_constraint = TriePrefixConstraint(self.candidates) if self.candidates is not None else None
 
     @property
@@ -99,7 +100,7 @@ class CandidateTask(OFATask):
         inference_type = str(inference_type or self.cfg.val_inference_type)
         if inference_type == "allcand":
             if self.candidates is None:
-                raise ValueError("all-candidate inference needs a candidate set (--ans2label-file)")
+                raise OptionError("all-candidate inference needs a candidate set (--ans2label-file)")
             best = best_candidates(model, sample["net_input"], sample["decoder_prompts"], self.candidates,
                                    self.cfg.valid_batch_size)
             return [self.candidates.answers[i] for i in best]
@@ -132,7 +133,7 @@ class CandidateTask(OFATask):
         if self.uses_ema:
             eval_model = extra_kwargs.get("ema_model")
             if eval_model is None:
-                raise ValueError("--uses-ema: fairseq passed no EMA model to validation; add --store-ema")
+                raise OptionError("--uses-ema: fairseq passed no EMA model to validation; add --store-ema")
         was_training = eval_model.training
         eval_model.eval()
         with torch.no_grad():

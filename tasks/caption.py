@@ -9,26 +9,32 @@ set is split across workers.
 
 ``--scst`` prepares caption stage 2 (self-critical training, ``--criterion scst_reward_criterion``):
 training rows are read like evaluation rows (one row per image, all its references ``&&``-joined,
-kept as ``references``), and a second generator decodes the training samples (``--scst-args``).
+kept as ``references``), a second generator decodes the training samples (``--scst-args``), and the
+task holds the CIDEr table of the training references the criterion scores with
+(``--scst-cider-cached-tokens``, else counted from the training TSVs): as fairseq's criteria, the SCST
+criterion reads only the model, the sample and what the task prepared, never a file.
 """
 import logging
 from argparse import Namespace
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from fairseq import metrics
 from fairseq.tasks import register_task
 
 from ..data.caption_dataset import CaptionDataset
-from ..data.scoring import cider, document_frequency_of, load_cider_document_frequency
-from ..data.text import clean_references, strip_punctuation
-from ..data.tsv import TsvFile
+from ..data.caption_references import read_references
+from ..data.scoring import SCST_END_TOKEN, cider, document_frequency_of, load_cider_document_frequency
+from ..data.text import strip_punctuation
+from ..errors import OptionError
 from .ofa_task import OFATask, OFATaskConfig, json_generation_args
 
 logger = logging.getLogger(__name__)
 
 #: OFA's stage-2 decoding of the training samples (run_scripts/caption/train_caption_stage2.sh passes this).
 DEFAULT_SCST_ARGS = '{"beam":5,"max_len_b":16}'
+#: A CIDEr document-frequency table: ``({n-gram: number of images}, number of images)``.
+CiderTable = Tuple[Dict[tuple, float], float]
 
 
 @dataclass
@@ -41,16 +47,19 @@ class CaptionConfig(OFATaskConfig):
                 "rows hold all &&-joined references of one image"})
     scst_args: str = field(default=DEFAULT_SCST_ARGS, metadata={
         "help": "generation options for the SCST samples, as JSON; every beam hypothesis is a sample"})
+    scst_cider_cached_tokens: Optional[str] = field(
+        default=None, metadata={"help": "CIDEr document-frequency pickle of the TRAINING references (OFA's "
+                                        "coco-train-words.p); default: counted from the training TSVs at start-up"})
 
 
 @register_task("caption", dataclass=CaptionConfig)
 class CaptionTask(OFATask):
     cfg: CaptionConfig
     _cider_table = None
+    _scst_cider_table = None
 
     def build_dataset(self, path: str, split: str):
         options = self.dataset_options(split)
-        options["selected_cols"] = options["selected_cols"] or "0,4,2"
         # SCST scores each training image's hypotheses against all its references: rows as evaluation rows
         references = True if split == "train" and self.cfg.scst else None
         return CaptionDataset(path, split, self.codec, max_tgt_length=self.cfg.max_tgt_length, references=references,
@@ -81,22 +90,36 @@ class CaptionTask(OFATask):
                 self._cider_table = self.validation_document_frequency()
         return self._cider_table
 
-    def validation_document_frequency(self):
+    def validation_document_frequency(self) -> CiderTable:
         """CIDEr's document frequencies over every reference of the whole validation file."""
         path = self.split_path("valid")
-        columns = (self.cfg.selected_cols or "0,4,2").split(",")
-        rows = TsvFile(path, columns[2], slice_id=0, slice_count=1)
-        table = document_frequency_of(clean_references(rows[i][0]) for i in range(len(rows)))
+        table = document_frequency_of(references for _, references in self.references_of([path]))
         logger.info("CIDEr document frequencies from the %d images of %s", int(table[1]), path)
         return table
+
+    def scst_document_frequency(self) -> CiderTable:
+        """The table SCST scores with, read or counted once: ``--scst-cider-cached-tokens``, else every training
+        image's references, each ended with ``<eos>`` as OFA's training table is."""
+        if self._scst_cider_table is None:
+            path = self.cfg.scst_cider_cached_tokens
+            if path:
+                self._scst_cider_table = load_cider_document_frequency(path, option="--scst-cider-cached-tokens")
+                logger.info("SCST CIDEr document frequencies: %s (%d images)", path, int(self._scst_cider_table[1]))
+            else:
+                self._scst_cider_table = document_frequency_of(
+                    [f"{ref} {SCST_END_TOKEN}" for ref in refs] for refs in self.training_references())
+                logger.info("SCST CIDEr document frequencies counted from the %d training images of %s (no "
+                            "--scst-cider-cached-tokens; python -m ofa_el.tools.cider_table --append-eos writes one)",
+                            int(self._scst_cider_table[1]), ",".join(self.training_paths()))
+        return self._scst_cider_table
 
     def scst_generation_args(self) -> Namespace:
         """``--scst-args`` checked: its beam (fairseq's default 5) must leave each image 2+ samples."""
         options = json_generation_args("--scst-args", self.cfg.scst_args)
         beam = getattr(options, "beam", 5)
         if not isinstance(beam, int) or beam < 2:
-            raise ValueError(f"--scst-args: beam must be an integer >= 2 (each image's other beams are the "
-                             f"self-critical baseline), got {beam!r}")
+            raise OptionError(f"--scst-args: beam must be an integer >= 2 (each image's other beams are the "
+                              f"self-critical baseline), got {beam!r}")
         return options
 
     def training_paths(self) -> List[str]:
@@ -106,15 +129,13 @@ class CaptionTask(OFATask):
 
     def training_references(self) -> Iterator[List[str]]:
         """The cleaned references of every training row (one image each in a stage-2 file), file by file."""
-        caption_column = (self.cfg.selected_cols or "0,4,2").split(",")[2]
-        for path in self.training_paths():
-            rows = TsvFile(path, caption_column, slice_id=0, slice_count=1)
-            for index in range(len(rows)):
-                references = clean_references(rows[index][0])
-                if not all(references):
-                    raise ValueError(f"{path}: row {rows.row_number(index)}: a reference is empty after cleaning")
-                yield references
-            rows.close()
+        for _, references in self.references_of(self.training_paths()):
+            yield references
+
+    def references_of(self, paths: List[str]) -> Iterator[Tuple[None, List[str]]]:
+        """Every row's references from the caption column the datasets read, skipping the rows they skip."""
+        caption_column = CaptionDataset.field_columns(self.cfg.selected_cols)["caption"]
+        return read_references(paths, caption_column, skip_invalid_rows=self.cfg.skip_invalid_rows)
 
     def caption_text(self, tokens) -> str:
         """Decoded, punctuation-free caption text, as OFA scores it."""

@@ -13,6 +13,7 @@ from fairseq.tasks import register_task
 
 from ..data.augment import AUGMENTATION_BACKENDS
 from ..data.image_classify_dataset import ImageClassifyDataset
+from ..errors import OptionError
 from .candidate_task import CandidateTask, CandidateTaskConfig
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ class ImageClassifyTask(CandidateTask):
 
     def answer_list(self):
         if not self.cfg.ans2label_file:
-            raise ValueError("--ans2label-file: required for image_classify (the class names: OFA's "
-                             "class2label_new.pkl, or a text file with one class name per line)")
+            raise OptionError("--ans2label-file: required for image_classify (the class names: OFA's "
+                              "class2label_new.pkl, or a text file with one class name per line)")
         return super().answer_list()
 
     def build_dataset(self, path: str, split: str):

@@ -14,6 +14,8 @@ import math
 
 from torch import Tensor, nn
 
+from ..errors import OptionError
+
 
 class NGramRepeatBlocker(nn.Module):
     """Bans every token that would complete an ``n``-gram already present in its hypothesis."""
@@ -21,7 +23,7 @@ class NGramRepeatBlocker(nn.Module):
     def __init__(self, no_repeat_ngram_size: int):
         super().__init__()
         if no_repeat_ngram_size < 1:
-            raise ValueError(f"--no-repeat-ngram-size: must be >= 1 to block, got {no_repeat_ngram_size}")
+            raise OptionError(f"--no-repeat-ngram-size: must be >= 1 to block, got {no_repeat_ngram_size}")
         self.no_repeat_ngram_size = no_repeat_ngram_size
 
     def forward(self, tokens: Tensor, lprobs: Tensor, bsz: int, beam_size: int, step: int) -> Tensor:

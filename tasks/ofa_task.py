@@ -23,6 +23,7 @@ from omegaconf import II
 
 from ..data.dictionary import build_ofa_dictionary
 from ..data.text import TextCodec
+from ..errors import MissingFileError, OptionError
 from .ngram_blocking import fix_ngram_blocking
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,9 @@ def json_generation_args(flag: str, value: Optional[str]) -> Namespace:
     try:
         options = json.loads(value or "{}")
     except json.JSONDecodeError as err:
-        raise ValueError(f"{flag}: not valid JSON ({err}): {value!r}") from None
+        raise OptionError(f"{flag}: not valid JSON ({err}): {value!r}") from None
     if not isinstance(options, dict):
-        raise ValueError(f"{flag}: expected a JSON object, got {value!r}")
+        raise OptionError(f"{flag}: expected a JSON object, got {value!r}")
     return Namespace(**options)
 
 
@@ -91,7 +92,7 @@ class OFATask(FairseqTask):
     @classmethod
     def setup_task(cls, cfg: OFATaskConfig, **kwargs):
         if not cfg.bpe_dir:
-            raise ValueError("--bpe-dir: required (a directory with encoder.json, vocab.bpe and dict.txt)")
+            raise OptionError("--bpe-dir: required (a directory with encoder.json, vocab.bpe and dict.txt)")
         dictionary = build_ofa_dictionary(os.path.join(cfg.bpe_dir, "dict.txt"), num_bins=cfg.num_bins,
                                           num_codes=cfg.code_dict_size)
         codec = TextCodec(cfg.bpe_dir, num_bins=cfg.num_bins, dictionary=dictionary)
@@ -101,11 +102,11 @@ class OFATask(FairseqTask):
     # ------------------------------------------------------------------ data
     def data_paths(self) -> List[str]:
         if not self.cfg.data:
-            raise ValueError("data: give the TSV files as 'train.tsv,valid.tsv' (the last one is for evaluation)")
+            raise OptionError("data: give the TSV files as 'train.tsv,valid.tsv' (the last one is for evaluation)")
         paths = [p for p in self.cfg.data.split(",") if p]
         for path in paths:
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"data file not found: {path} (from the data argument {self.cfg.data!r})")
+                raise MissingFileError(f"data file not found: {path} (from the data argument {self.cfg.data!r})")
         return paths
 
     def split_path(self, split: str, epoch: int = 1) -> str:
@@ -114,7 +115,7 @@ class OFATask(FairseqTask):
         if split != "train":
             return paths[-1]
         if len(paths) < 2:
-            raise ValueError(f"data {self.cfg.data!r}: training needs at least 'train.tsv,valid.tsv'")
+            raise OptionError(f"data {self.cfg.data!r}: training needs at least 'train.tsv,valid.tsv'")
         return paths[(epoch - 1) % (len(paths) - 1)]
 
     def build_dataset(self, path: str, split: str) -> FairseqDataset:

@@ -66,7 +66,6 @@ class RefcocoTask(OFATask):
 
     def build_dataset(self, path: str, split: str):
         options = self.dataset_options(split)
-        options["selected_cols"] = options["selected_cols"] or "0,4,2,3"
         return RefcocoDataset(path, split, self.codec, max_src_length=self.cfg.max_src_length,
                               num_bins=self.cfg.num_bins, max_image_size=self.max_image_size, **options)
 

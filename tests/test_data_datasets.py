@@ -11,10 +11,12 @@ from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 from PIL import Image
 
 from ofa_el.data.caption_dataset import CAPTION_PROMPT, CaptionDataset
+from ofa_el.data.caption_references import read_references
 from ofa_el.data.ofa_dataset import decode_image, image_to_tensor
 from ofa_el.data.refcoco_dataset import RefcocoDataset
 from ofa_el.data.text import TextCodec, clean_references, clean_train_caption, pre_caption
 from ofa_el.data.tsv import InvalidRowError
+from ofa_el.errors import InvalidDataError
 from ofa_el.tools.make_demo_data import make_demo_data
 
 torch.set_num_threads(1)
@@ -365,3 +367,45 @@ def test_skipping_drops_bad_boxes_but_keeps_the_clipped_one(tmp_path, codec):
     assert [sample is None for sample in samples] == [False, True, True, True, False]
     assert samples[0]["region_coord"].tolist() == [140.0, 20.0, 210.0, 213.0]
     assert (dataset.num_skipped_rows, dataset.num_clipped_rows) == (3, 1)
+
+
+class _Rows:
+    path = "f.tsv"
+
+    @staticmethod
+    def row_number(index):
+        return index + 1
+
+
+class _Parser:
+    def __init__(self, error):
+        self.error = error
+
+    def parse(self, fields):
+        raise self.error
+
+
+@pytest.mark.parametrize("error, becomes", [(InvalidDataError("answers column is empty"), InvalidRowError),
+                                            (ValueError("a bug in the parser"), ValueError)])
+def test_only_the_parsers_data_errors_become_bad_rows(error, becomes):
+    """A reason the parser raises as InvalidDataError names file and row (and may be skipped); any other
+    ValueError from a parser is a bug and reaches the caller as it is, with its traceback."""
+    dataset = CaptionDataset.__new__(CaptionDataset)
+    dataset.parser, dataset.tsv = _Parser(error), _Rows()
+    with pytest.raises(becomes) as raised:
+        dataset.parse(1, {})
+    assert type(raised.value) is becomes
+    if becomes is InvalidRowError:
+        assert str(raised.value) == "f.tsv: row 2: answers column is empty"
+
+
+def test_the_references_reader_names_file_row_and_column_or_skips_like_the_dataset(tmp_path):
+    path = tmp_path / "refs.tsv"
+    path.write_text("1\tA red circle.&&a big circle\n2\ta circle&&...\n3\tA square!\n")
+    with pytest.raises(InvalidRowError, match=r"refs\.tsv: row 2: caption column 1: reference\(s\) \[2\] of 2 empty"):
+        list(read_references([str(path)], caption_column=1, id_column=0))
+    kept = list(read_references([str(path)], caption_column=1, id_column=0, skip_invalid_rows=True))
+    assert kept == [("1", ["A red circle", "a big circle"]), ("3", ["A square"])]  # cleaned: no punctuation
+    assert [refs for _, refs in read_references([str(path)], 1, skip_invalid_rows=True)] == [refs for _, refs in kept]
+    assert CaptionDataset.field_columns("1,4,2") == {"uniq_id": 1, "image": 4, "caption": 2}
+    assert CaptionDataset.field_columns(None) == {"uniq_id": 0, "image": 4, "caption": 2}  # OFA's default, once

@@ -7,7 +7,7 @@ import torch
 from pycocoevalcap.cider.cider import Cider
 
 from conftest import naive_ofa_table
-from ofa_el.data.scoring import cider, coco_caption_metrics, gather_records
+from ofa_el.data.scoring import cider, coco_caption_metrics
 
 torch.set_num_threads(1)
 
@@ -64,15 +64,6 @@ def test_cached_document_frequency_errors(tmp_path):
         pickle.dump({"document_frequency": {}}, handle)
     with pytest.raises(ValueError, match=r"missing key\(s\) \['ref_len'\]"):
         cider(RECORDS, cached_document_frequency=str(tmp_path / "bad.p"))
-
-
-def test_gather_records_in_a_single_process_group(tmp_path):
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
-    try:
-        assert gather_records(RECORDS) == RECORDS
-    finally:
-        torch.distributed.destroy_process_group()
-    assert gather_records(RECORDS[:1]) == RECORDS[:1]
 
 
 @pytest.mark.slow  # starts java three times (PTB tokenizer, METEOR), ~15 s

@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT
+from ofa_el.data.ofa_dataset import collate
 from ofa_el.data.tsv import parse_selected_cols
 from ofa_el.tools import errors, evaluate
 from ofa_el.tools.make_demo_data import make_demo_data
@@ -135,18 +137,49 @@ def raise_here(error):
     raise error
 
 
-def test_only_the_plugins_own_value_errors_are_user_errors():
-    with pytest.raises(ValueError) as plugin:
+def test_the_type_alone_makes_a_user_error():
+    with pytest.raises(ValueError) as option:
         parse_selected_cols("0,x")
-    assert errors.is_user_error(plugin.value)
+    assert isinstance(option.value, errors.OptionError) and errors.is_user_error(option.value)
     with pytest.raises(ValueError) as library:
         json.loads("{")
     assert not errors.is_user_error(library.value)  # raised inside the standard library: a bug, keep the traceback
-    with pytest.raises(ValueError) as test_code:
-        raise_here(ValueError("from a test"))
-    assert not errors.is_user_error(test_code.value)
-    assert errors.is_user_error(FileNotFoundError("x"))
+    with pytest.raises(ValueError) as plugin_bug:
+        collate([{"id": 0, "source": torch.tensor([0, 2]), "patch_image": torch.zeros(3, 2, 2),
+                  "patch_mask": torch.tensor([True]), "target": torch.tensor([2]),
+                  "prev_output_tokens": torch.tensor([0]), "undeclared": 1}], pad_idx=1, eos_idx=2)
+    assert not errors.is_user_error(plugin_bug.value)  # a plain ValueError raised by plugin code is a bug too
+    assert not errors.is_user_error(FileNotFoundError("x"))  # an OS error nobody checked for: a bug
+    assert errors.is_user_error(errors.MissingFileError("--bpe-dir: missing x"))
+    assert errors.is_user_error(errors.InvalidDataError("answers column is empty"))
     assert not errors.is_user_error(RuntimeError("x"))
+
+
+def test_a_value_error_from_a_bug_in_plugin_code_keeps_its_traceback():
+    """Run through ``run_cli`` in a fresh interpreter: the plugin's own ValueError (not a user error) prints
+    Python's traceback, ending in the plugin frame that raised it, and exits 1 rather than 2."""
+    bug = ("from ofa_el.data.ofa_dataset import collate; from ofa_el.tools.errors import run_cli; import torch; "
+           "run_cli(lambda: collate([{'id': 0, 'source': torch.tensor([0, 2]), 'patch_image': torch.zeros(3, 2, 2), "
+           "'patch_mask': torch.tensor([True]), 'target': torch.tensor([2]), 'prev_output_tokens': torch.tensor([0]), "
+           "'undeclared': 1}], 1, 2))")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("OFA_EL_TRACEBACK", None)
+    proc = subprocess.run([sys.executable, "-c", bug], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=REPO_ROOT)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback (most recent call last)" in proc.stderr and "ofa_dataset.py" in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("ValueError: sample keys ['undeclared'] have no batch name")
+    assert not any(line.startswith("error: ") for line in proc.stderr.splitlines())
+
+
+def test_a_bad_criterion_option_is_one_error_line_from_train(data):
+    at = TINY.index("--criterion")
+    argv = TINY[:at + 2] + ["--log-end", "0"] + TINY[at + 2:]
+    proc = run("ofa_el.tools.train", f"{data}/caption_stage1_train.tsv,{data}/caption_val.tsv", "--bpe-dir",
+               str(data / "bpe"), *argv)
+    assert_user_error(proc)
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")] == [
+        "error: --log-end: must lie in (0, 1], got 0.0"]
 
 
 def test_run_cli_exits_2_for_user_errors_and_reraises_bugs(capsys, monkeypatch):
@@ -162,13 +195,18 @@ def test_run_cli_exits_2_for_user_errors_and_reraises_bugs(capsys, monkeypatch):
 
 
 def test_user_errors_are_a_typed_family():
+    import ofa_el.errors
     from ofa_el.data.tsv import InvalidRowError
     from ofa_el.tools.launch import RecipeError
     from ofa_el.tools.train import MissingRestoreFileError
 
-    for kind in (RecipeError, InvalidRowError, errors.OptionError, errors.MissingFileError, MissingRestoreFileError):
+    assert errors.UserError is ofa_el.errors.UserError  # the core's classes, which the runner prints
+    for kind in (RecipeError, InvalidRowError, errors.OptionError, errors.MissingFileError, errors.InvalidDataError,
+                 MissingRestoreFileError):
         assert issubclass(kind, errors.UserError), kind
     row = InvalidRowError("f.tsv", 3, "image column: invalid base64")
     assert errors.is_user_error(row) and str(row) == "f.tsv: row 3: image column: invalid base64"
-    assert isinstance(row, ValueError) and isinstance(RecipeError("x"), ValueError)  # callers catching ValueError
-    assert not errors.is_user_error(ValueError("raised by no plugin code"))
+    assert not errors.is_user_error(ValueError("a plain ValueError"))
+    for kind in (errors.OptionError, errors.InvalidDataError, InvalidRowError, RecipeError):
+        assert issubclass(kind, ValueError), kind  # existing `except ValueError` callers still catch them
+    assert issubclass(errors.MissingFileError, FileNotFoundError)

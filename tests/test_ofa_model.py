@@ -1,9 +1,9 @@
 """The OFA model: checkpoint key layout per arch, numerical identity with OFA, loading, generation, training;
 its attention paths (SDPA, the lean CPU-training path, OFA's explicit computation) agree in outputs and gradients.
 
-The reference outputs come from OFA's own code: tests/fixtures/ofa_micro (in the repository, built by
-tests/fixtures/build_ofa_fixture.py; see its PROVENANCE.md), and, where ../shared is present, the larger shared
-micro_a fixture and the per-arch manifests.
+The references come from OFA's own code: tests/fixtures/ofa_micro (built by tests/fixtures/build_ofa_fixture.py)
+and the per-arch state-dict layouts in tests/fixtures/ofa_manifests (built by tests/fixtures/build_ofa_manifests.py),
+both in the repository with their PROVENANCE.md, and, where ../shared is present, the larger shared micro_a fixture.
 """
 import argparse
 import hashlib
@@ -28,10 +28,9 @@ from ofa_el.models.ofa.attention import LeanAttention, combined_mask, constant_m
 from ofa_el.models.ofa.model import OFAModel
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "ofa_micro"
+MANIFESTS = Path(__file__).resolve().parent / "fixtures" / "ofa_manifests"
 OFA_SPECS = SHARED_SPECS / "ofa"
 MICRO_A = OFA_SPECS / "micro_a"
-needs_manifests = pytest.mark.skipif(not (OFA_SPECS / "manifest_meta.json").is_file(),
-                                     reason=f"per-arch OFA manifests not found in {OFA_SPECS} (shared/ beside the repo)")
 OUTPUT_KEYS = ("logits", "encoder_out", "incremental_logits_row0", "logits_patch_masks_true_false")
 
 
@@ -48,21 +47,21 @@ def parse_model_args(arch, flags):
     return args
 
 
-@needs_manifests
 @pytest.mark.parametrize("arch", ["ofa_tiny", "ofa_medium", "ofa_base", "ofa_large", "ofa_huge"])
 def test_state_dict_matches_the_official_manifest(arch):
-    meta = json.loads((OFA_SPECS / "manifest_meta.json").read_text())[arch]
+    meta = json.loads((MANIFESTS / "meta.json").read_text())[arch]
     flags = [f for f in meta["cli"] if not f.startswith(("--bpe-dir", "--task", "--arch", "--max-src-length",
                                                           "--max-tgt-length", "--num-bins", "--patch-image-size"))]
     args = parse_model_args(arch, flags)
     with torch.device("meta"):
         model = OFAModel.build_model(args, Task(59457))
-    manifest = json.loads((OFA_SPECS / f"manifest_{arch}.json").read_text())
+    manifest = json.loads(lzma.decompress((MANIFESTS / f"manifest_{arch}.json.xz").read_bytes()))
     state = model.state_dict()
     assert list(state) == list(manifest)
     assert {k: list(v.shape) for k, v in state.items()} == manifest
     unique = {id(p): p.numel() for p in model.parameters()}
     assert sum(unique.values()) == meta["params_unique"]
+    assert len(state) == meta["num_state_dict_keys"]
 
 
 @dataclass

@@ -117,15 +117,16 @@ def test_scst_updates_raise_the_log_probability_of_the_better_hypothesis(data):
 
 
 def test_missing_or_unsafe_table_is_refused_naming_the_file(data, tmp_path):
-    task, args = caption_task(data)
     missing = tmp_path / "nowhere-words.p"
+    task, _ = caption_task(data, "--scst-cider-cached-tokens", str(missing))
     with pytest.raises(FileNotFoundError, match=f"--scst-cider-cached-tokens.*{missing}"):
-        ScstRewardCriterion(task, scst_cider_cached_tokens=str(missing))
+        ScstRewardCriterion(task)
     unsafe = tmp_path / "unsafe-words.p"
     unsafe.write_bytes(pickle.dumps({"document_frequency": defaultdict(float), "ref_len": 1,
                                      "payload": subprocess.Popen}, protocol=2))
+    task, _ = caption_task(data, "--scst-cider-cached-tokens", str(unsafe))
     with pytest.raises(ValueError, match=f"--scst-cider-cached-tokens {unsafe}: refusing to load"):
-        ScstRewardCriterion(task, scst_cider_cached_tokens=str(unsafe))
+        ScstRewardCriterion(task)
     plain, _ = caption_task(data, "--scst-args", '{"beam":1}')
     with pytest.raises(ValueError, match="--scst-args: beam must be an integer >= 2"):
         plain.scst_generation_args()

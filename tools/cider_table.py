@@ -20,9 +20,9 @@ import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..data import caption_references
 from ..data.scoring import SCST_END_TOKEN, document_frequency_of
-from ..data.text import clean_references
-from ..data.tsv import TsvFile, parse_selected_cols
+from ..data.tsv import parse_selected_cols
 from .errors import UserError, quiet_logs
 
 #: OFA's caption TSV columns: uniq-id, image-id, caption, object labels, image (base64).
@@ -37,19 +37,10 @@ def read_references(paths: Sequence[str], columns: Tuple[int, int], append_eos: 
     """
     id_col, caption_col = columns
     references: Dict[str, List[str]] = {}
-    for path in paths:
-        rows = TsvFile(path, (id_col, caption_col), slice_id=0, slice_count=1)
-        for index in range(len(rows)):
-            image_id, caption = rows[index]
-            cleaned = clean_references(caption)
-            empty = [k + 1 for k, ref in enumerate(cleaned) if not ref]
-            if empty:
-                raise UserError(f"{path}: row {rows.row_number(index)}: caption column {caption_col}: "
-                                f"reference(s) {empty} of {len(cleaned)} empty after cleaning")
-            if append_eos:
-                cleaned = [f"{ref} {SCST_END_TOKEN}" for ref in cleaned]
-            references.setdefault(image_id, []).extend(cleaned)
-        rows.close()
+    for image_id, cleaned in caption_references.read_references(paths, caption_col, id_column=id_col):
+        if append_eos:
+            cleaned = [f"{ref} {SCST_END_TOKEN}" for ref in cleaned]
+        references.setdefault(image_id, []).extend(cleaned)
     return references
 
 

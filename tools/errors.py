@@ -2,14 +2,11 @@
 
 A bad row, a missing file or a bad option is the user's to fix, and its message already says
 what and where: the entry points print ``error: <message>`` and exit with status 2 instead of a
-Python traceback. Anything else is a bug and keeps its traceback. ``OFA_EL_TRACEBACK=1`` shows
-the traceback of user errors too.
-
-The rule is typed: :class:`UserError` and its family (:class:`OptionError`, :class:`MissingFileError`,
-``launch.RecipeError``, ``data.tsv.InvalidRowError``), and the OS's "no such file" family. The option
-checks of the criteria, tasks and models raise plain ``ValueError`` with the flag in the message; those
-count as the user's only when the plugin raised them itself (its innermost frame is plugin code), so a
-``ValueError`` from torch, fairseq or the standard library, or from a bug, keeps its traceback.
+Python traceback. The rule is the type: :class:`~ofa_el.errors.UserError` and its family
+(``OptionError``, ``MissingFileError``, ``InvalidDataError``, ``data.tsv.InvalidRowError``, the
+launcher's ``RecipeError``). Any other exception, a ``ValueError`` or an OS "no such file" error the
+plugin did not check for included, is a bug and keeps its traceback. ``OFA_EL_TRACEBACK=1`` shows the
+traceback of user errors too.
 
 Importing fairseq leaves the root logger at DEBUG, so every PNG chunk PIL reads and hydra's
 start-up would be logged; :func:`quiet_logs` keeps INFO for everyone else.
@@ -19,44 +16,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
 import warnings
 from typing import Callable, TypeVar
 
-PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ..errors import InvalidDataError, MissingFileError, OptionError, UserError
+
+__all__ = ["EXIT_USER_ERROR", "InvalidDataError", "MissingFileError", "OptionError", "UserError", "is_user_error",
+           "quiet_logs", "run_cli"]
+
 EXIT_USER_ERROR = 2
 T = TypeVar("T")
 
 
-class UserError(Exception):
-    """Raised by entry points for a problem the user fixes (its message says what and where)."""
-
-
-class OptionError(UserError, ValueError):
-    """A command-line option that is missing or has a value that cannot work; the message names the flag."""
-
-
-class MissingFileError(UserError, FileNotFoundError):
-    """A file or folder the command needs is not there; the message names it and how to point at it."""
-
-
-def _raised_by_plugin(err: BaseException) -> bool:
-    """Whether the innermost frame of ``err``'s traceback is this plugin's code (a deliberate check)."""
-    frames = traceback.extract_tb(err.__traceback__)
-    if not frames:
-        return False
-    inside = os.path.relpath(os.path.abspath(frames[-1].filename), PLUGIN_DIR)
-    parts = inside.split(os.sep)
-    # a virtualenv or build folder inside a clone holds other people's code
-    return parts[0] not in ("..", ".venv", "build", "tests") and "site-packages" not in parts
-
-
 def is_user_error(err: BaseException) -> bool:
-    """A path that is not there or not readable, or a ValueError the plugin raised on purpose (bad row,
-    bad option value), is the user's; a ValueError from deep inside torch or fairseq is not."""
-    if isinstance(err, (UserError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
-        return True
-    return isinstance(err, ValueError) and _raised_by_plugin(err)
+    """Whether ``err`` is one of the typed user errors (printed as one line); anything else is a bug."""
+    return isinstance(err, UserError)
 
 
 #: Libraries that log at DEBUG/INFO what nobody running a recipe needs to read.

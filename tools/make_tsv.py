@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..converters import coco_captions, imagenet, jsonl, refcoco, snli_ve, vqa
 from ..converters.images import ImageEncoder
 from ..converters.writer import REPORT_NAME, Conversion, FileSummary, write_atomically, write_tsv_files
-from .errors import quiet_logs, run_cli
+from .errors import MissingFileError, quiet_logs, run_cli
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[FileSummary]:
     encoder = ImageEncoder(args.max_image_size, args.jpeg_quality)
     images = getattr(args, "images", None)
     if images is not None and not os.path.isdir(images):
-        raise FileNotFoundError(f"--images: folder not found: {images}")
+        raise MissingFileError(f"--images: folder not found: {images}")
     started = time.perf_counter()
     conversion = FORMATS[args.format].convert(args)
     summaries, skipped = write_tsv_files(conversion.outputs, args.out, encoder, args.workers, args.skip_invalid,

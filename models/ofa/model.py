@@ -28,6 +28,7 @@ from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor, nn
 
+from ...errors import OptionError
 from .attention import IncrementalState
 from .layers import OFADecoderLayer, OFAEncoderLayer
 from .position import image_position_ids, image_rel_pos_buckets, token_rel_pos_buckets
@@ -81,7 +82,7 @@ class OFAEncoder(FairseqEncoder):
         self.layernorm_embedding = LayerNorm(dim) if args.layernorm_embedding else None
         self.type_embedding = embedding(2, dim) if args.add_type_embedding else None
         if args.resnet_type not in BLOCKS:
-            raise ValueError(f"--resnet-type: expected one of {sorted(BLOCKS)}, got {args.resnet_type!r}")
+            raise OptionError(f"--resnet-type: expected one of {sorted(BLOCKS)}, got {args.resnet_type!r}")
         self.embed_images = ResNet(BLOCKS[args.resnet_type], norm_layer(args.freeze_resnet, args.sync_bn),
                                    args.resnet_drop_path_rate)
         self.image_proj = nn.Linear(1024, dim)
@@ -345,9 +346,9 @@ class OFAModel(FairseqEncoderDecoderModel):
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
-                raise ValueError("--share-all-embeddings requires one dictionary for source and target")
+                raise OptionError("--share-all-embeddings requires one dictionary for source and target")
             if args.encoder_embed_dim != args.decoder_embed_dim:
-                raise ValueError("--share-all-embeddings requires --encoder-embed-dim == --decoder-embed-dim")
+                raise OptionError("--share-all-embeddings requires --encoder-embed-dim == --decoder-embed-dim")
             encoder_embed = embedding(len(src_dict), args.encoder_embed_dim, src_dict.pad())
             decoder_embed = encoder_embed
             args.share_decoder_input_output_embed = True
@@ -391,7 +392,7 @@ class OFAModel(FairseqEncoderDecoderModel):
         if mismatched or unexpected:
             lines = [f"  {k}: checkpoint {c} vs model {m}" for k, c, m in mismatched[:10]]
             lines += [f"  {k}: not in this model" for k in unexpected[:10]]
-            raise ValueError(
+            raise OptionError(
                 f"the checkpoint does not fit --arch {getattr(self.args, 'arch', '?')} "
                 f"({len(mismatched)} keys with other shapes, {len(unexpected)} unknown keys); first ones:\n"
                 + "\n".join(lines))
