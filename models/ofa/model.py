@@ -23,14 +23,14 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.modules import FairseqDropout, LayerNorm
+from fairseq.modules import LayerNorm
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from torch import Tensor, nn
 
 from ...errors import OptionError
 from .attention import IncrementalState
-from .layers import OFADecoderLayer, OFAEncoderLayer
+from .layers import LeanDropout, OFADecoderLayer, OFAEncoderLayer
 from .position import image_position_ids, image_rel_pos_buckets, token_rel_pos_buckets
 from .resnet import BLOCKS, ResNet, drop_path_rates, norm_layer
 
@@ -73,7 +73,7 @@ class OFAEncoder(FairseqEncoder):
         self.register_buffer("version", torch.Tensor([3]))
         self.args = args
         dim = embed_tokens.embedding_dim
-        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.dropout_module = LeanDropout(args.dropout, module_name=type(self).__name__)
         self.padding_idx = embed_tokens.padding_idx
         self.max_source_positions = args.max_source_positions
         self.num_heads = args.encoder_attention_heads
@@ -204,7 +204,7 @@ class OFADecoder(FairseqIncrementalDecoder):
         self.register_buffer("version", torch.Tensor([3]))
         self.args = args
         dim = args.decoder_embed_dim
-        self.dropout_module = FairseqDropout(args.dropout, module_name=type(self).__name__)
+        self.dropout_module = LeanDropout(args.dropout, module_name=type(self).__name__)
         self.num_heads = args.decoder_attention_heads
         self.padding_idx = embed_tokens.padding_idx
         self.max_target_positions = args.max_target_positions
