@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ofa_el.tools.errors import run_cli
-from ofa_el.tools.launch import REPO_ROOT, expand, load_recipe
+from ofa_el.recipes import REPO_ROOT, expand, load_recipe
 
 
 class LogError(ValueError):

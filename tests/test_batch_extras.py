@@ -13,7 +13,7 @@ from ofa_el.data.caption_dataset import CaptionDataset
 from ofa_el.data.ofa_dataset import collate
 from ofa_el.data.refcoco_dataset import RefcocoDataset
 from ofa_el.data.text import TextCodec
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 P = 16
 

@@ -14,7 +14,7 @@ from ofa_el.data.refcoco_dataset import RefcocoDataset
 from ofa_el.data.text import TextCodec
 from ofa_el.tasks.ofa_task import OFATask, OFATaskConfig
 from ofa_el.tools.check_data import block_bounds, main
-from ofa_el.tools.make_demo_data import write_bpe
+from ofa_el.synthetic.bpe import write_bpe
 
 torch.set_num_threads(1)
 

@@ -20,7 +20,7 @@ from fairseq import checkpoint_utils
 import ofa_el  # noqa: F401  (installs the guarded loader)
 from conftest import REPO_ROOT, TINY_MODEL
 from ofa_el.checkpoint_safety import TRUSTED_ENV, UntrustedCheckpointError, guard_loader
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 
 def fairseq_like_state(**extra):

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from conftest import REPO_ROOT
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 
 def load_experiment(name):
@@ -343,9 +343,9 @@ def test_start_checkpoints_follow_the_recipes(tmp_path, monkeypatch):
     $RESTORE_FILE overrides, and must exist."""
     calls = []
     monkeypatch.setattr(cl, "_call", lambda cmd, log, env: calls.append(cmd) or 1.0)
-    from ofa_el.tools import launch
+    from ofa_el import recipes
 
-    for module in (cl, launch):  # recipes' relative defaults resolve against the root: no demo checkpoints there
+    for module in (cl, recipes):  # recipes' relative defaults resolve against the root: no demo checkpoints there
         monkeypatch.setattr(module, "REPO_ROOT", tmp_path)
     (tmp_path / "configs").symlink_to(REPO_ROOT / "configs")
     (tmp_path / "setup.py").write_text("")  # a clone's root, which the launcher resolves relative defaults against

@@ -15,7 +15,7 @@ from ofa_el.data.ofa_dataset import decode_image, image_to_tensor
 from ofa_el.data.refcoco_dataset import RefcocoDataset
 from ofa_el.data.text import TextCodec, clean_references, clean_train_caption, pre_caption
 from ofa_el.data.tsv import InvalidRowError
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 torch.set_num_threads(1)
 P = 16  # small patches keep the tests fast

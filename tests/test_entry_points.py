@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO_ROOT
 from ofa_el.data.tsv import parse_selected_cols
 from ofa_el.tools import errors, evaluate
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_run_cli_exits_2_for_user_errors_and_reraises_bugs(capsys, monkeypatch):
 
 def test_user_errors_are_a_typed_family():
     from ofa_el.data.tsv import InvalidRowError
-    from ofa_el.tools.launch import RecipeError
+    from ofa_el.recipes import RecipeError
     from ofa_el.tools.train import MissingRestoreFileError
 
     for kind in (RecipeError, InvalidRowError, errors.OptionError, errors.MissingFileError, MissingRestoreFileError):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 PART_KEYS = {

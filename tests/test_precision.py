@@ -11,7 +11,7 @@ from ofa_el import precision
 from ofa_el.criterions import adjust_label_smoothed_cross_entropy as criterion_module
 from ofa_el.tools import train
 from ofa_el.tools.errors import UserError
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 TINY = ["--task", "caption", "--arch", "ofa_tiny", "--encoder-layers", "1", "--decoder-layers", "1",
         "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",

@@ -16,7 +16,7 @@ from conftest import REPO_ROOT
 from ofa_el.data import scoring
 from ofa_el.tools import evaluate, predict
 from ofa_el.tools.errors import run_cli
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 NUM_BINS = 10
 TINY = ["--arch", "ofa_tiny", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",

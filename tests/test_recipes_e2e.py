@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import TINY_MODEL, run_script
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 SMALL_MODEL = TINY_MODEL + ["--batch-size", "8", "--max-epoch", "1", "--log-interval", "2"]
 

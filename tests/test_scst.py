@@ -12,7 +12,7 @@ from fairseq import options, tasks
 import ofa_el  # noqa: F401
 from ofa_el.criterions.scst_reward_criterion import ScstRewardCriterion, self_critical_rewards
 from ofa_el.data.scoring import cider
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 from conftest import REPO_ROOT, TINY_MODEL
 
@@ -150,7 +150,8 @@ def test_stage2_recipe_trains_from_a_stage1_model_and_validates_cider(data, tmp_
 
 
 def test_stage2_recipes_carry_ofas_values():
-    from ofa_el.tools.launch import command, load_recipe
+    from ofa_el.recipes import load_recipe
+    from ofa_el.tools.launch import command
 
     for name, restore in (("stage2.yaml", "caption_stage1_ce"), ("stage2_el.yaml", "caption_stage1_el")):
         recipe = load_recipe(REPO_ROOT / "configs" / "caption" / name)

@@ -9,7 +9,8 @@ from ofa_el.data.ofa_dataset import decode_image
 from ofa_el.data.snli_ve_dataset import SNLI_VE_CANDIDATES, SnliVeDataset
 from ofa_el.data.text import TextCodec
 from ofa_el.data.tsv import InvalidRowError
-from ofa_el.tools.make_demo_data import DEMO_CLASSES, make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
+from ofa_el.synthetic.image_classify import DEMO_CLASSES
 
 torch.set_num_threads(1)
 P = 16

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, TINY_MODEL
-from ofa_el.tools.make_demo_data import DEMO_CLASSES, make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
+from ofa_el.synthetic.image_classify import DEMO_CLASSES
 
 SMALL_MODEL = TINY_MODEL + ["--batch-size", "8", "--max-epoch", "1", "--log-interval", "2"]
 

@@ -14,8 +14,8 @@ from ofa_el.criterions.adjust_label_smoothed_encouraging_loss import AdjustLabel
 from ofa_el.data.vqa_dataset import VqaRowParser, parse_answers
 from ofa_el.tasks.candidate_task import CandidateTask
 from ofa_el.tools.check_data import main as check_data
-from ofa_el.tools.make_demo_data import make_demo_data
-from ofa_el.tools.make_demo_vqa import ANSWERS, majority_baseline, question_kind, read_rows
+from ofa_el.synthetic.demo_set import make_demo_data
+from ofa_el.synthetic.vqa import ANSWERS, majority_baseline, question_kind, read_rows
 
 torch.set_num_threads(1)
 
@@ -238,7 +238,7 @@ def test_fairseq_ema_steps_an_ofa_model_and_starts_from_restored_weights(demo):
 # ---------------------------------------------------------------- the recipes
 def test_vqa_recipes_state_ofas_hyper_parameters():
     from conftest import REPO_ROOT
-    from ofa_el.tools.launch import load_recipe
+    from ofa_el.recipes import load_recipe
 
     large = load_recipe(REPO_ROOT / "configs" / "vqa" / "vqa_el.yaml")
     args = large["args"]

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import TINY_MODEL, run_script
-from ofa_el.tools.make_demo_data import make_demo_data
-from ofa_el.tools.make_demo_vqa import ANSWERS
+from ofa_el.synthetic.demo_set import make_demo_data
+from ofa_el.synthetic.vqa import ANSWERS
 from ofa_el.tools.predict import main as predict
 
 
