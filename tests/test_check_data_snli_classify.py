@@ -5,6 +5,7 @@ import io
 from PIL import Image
 
 from ofa_el.tools.check_data import main
+from ofa_el.tools.errors import run_cli
 
 
 def image_b64(width=24, height=16):
@@ -22,7 +23,11 @@ def write_lines(path, rows):
 
 
 def run(capsys, *argv):
-    status = main(list(argv))
+    """The command as ``python -m`` runs it (through run_cli): its exit status, output lines and stderr."""
+    try:
+        status = run_cli(lambda: main(list(argv)))
+    except SystemExit as stop:
+        status = stop.code
     out, err = capsys.readouterr()
     return status, out.splitlines(), err
 
