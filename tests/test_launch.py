@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from ofa_el.recipes import REPO_ROOT, RecipeError, load_recipe
+from ofa_el.recipes import REPO_ROOT, RecipeError, derived_update_freq, load_recipe
 from ofa_el.tools.launch import command, main
 
 
@@ -288,7 +288,7 @@ def test_published_recipes_state_ofas_global_batch():
                  "refcoco/refcocog_ce.yaml"):
         recipe = load_recipe(REPO_ROOT / "configs" / name)
         args = recipe["args"]
-        assert recipe["global_batch_size"] == 128 == 4 * args["batch-size"] * args["update-freq"]  # OFA: 4 GPUs
+        assert recipe["global_batch_size"] == 128 == 4 * args["batch-size"] * derived_update_freq(recipe, [], 4)  # OFA: 4 GPUs
         assert args["keep-interval-updates"] == 1
         assert load_recipe(REPO_ROOT / "configs" / name, demo=True)["global_batch_size"] is None
 

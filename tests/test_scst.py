@@ -150,13 +150,13 @@ def test_stage2_recipe_trains_from_a_stage1_model_and_validates_cider(data, tmp_
 
 
 def test_stage2_recipes_carry_ofas_values():
-    from ofa_el.recipes import load_recipe
+    from ofa_el.recipes import derived_update_freq, load_recipe
     from ofa_el.tools.launch import command
 
     for name, restore in (("stage2.yaml", "caption_stage1_ce"), ("stage2_el.yaml", "caption_stage1_el")):
         recipe = load_recipe(REPO_ROOT / "configs" / "caption" / name)
         args = recipe["args"]
-        assert recipe["global_batch_size"] == 64 == 8 * args["batch-size"] * args["update-freq"]  # OFA: 8 GPUs
+        assert recipe["global_batch_size"] == 64 == 8 * args["batch-size"] * derived_update_freq(recipe, [], 8)  # OFA: 8 GPUs
         assert (args["criterion"], args["scst"], args["lr"], args["end-learning-rate"], args["max-epoch"]) == (
             "scst_reward_criterion", True, 1e-5, 2e-7, 3)
         assert recipe["env"]["RESTORE_FILE"] == f"checkpoints/{restore}/checkpoint_best.pt"

@@ -238,11 +238,11 @@ def test_fairseq_ema_steps_an_ofa_model_and_starts_from_restored_weights(demo):
 # ---------------------------------------------------------------- the recipes
 def test_vqa_recipes_state_ofas_hyper_parameters():
     from conftest import REPO_ROOT
-    from ofa_el.recipes import load_recipe
+    from ofa_el.recipes import derived_update_freq, load_recipe
 
     large = load_recipe(REPO_ROOT / "configs" / "vqa" / "vqa_el.yaml")
     args = large["args"]
-    assert large["global_batch_size"] == 512 == 32 * args["batch-size"] * args["update-freq"]
+    assert large["global_batch_size"] == 512 == 32 * args["batch-size"] * derived_update_freq(large, [], 32)
     assert (args["arch"], args["lr"], args["max-update"], args["total-num-update"], args["warmup-updates"]) == (
         "ofa_large", 5e-5, 40000, 40000, 1000)
     assert (args["label-smoothing"], args["encoder-drop-path-rate"], args["decoder-drop-path-rate"]) == (0.1, 0.2, 0.2)
