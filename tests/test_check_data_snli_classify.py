@@ -4,8 +4,8 @@ import io
 
 from PIL import Image
 
+from conftest import run_command
 from ofa_el.tools.check_data import main
-from ofa_el.tools.errors import run_cli
 
 
 def image_b64(width=24, height=16):
@@ -23,13 +23,7 @@ def write_lines(path, rows):
 
 
 def run(capsys, *argv):
-    """The command as ``python -m`` runs it (through run_cli): its exit status, output lines and stderr."""
-    try:
-        status = run_cli(lambda: main(list(argv)))
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out.splitlines(), err
+    return run_command(capsys, main, *argv)
 
 
 def snli(uid, hypothesis="a dog runs", caption="dogs on grass", label="entailment", image=None):

@@ -9,15 +9,12 @@ import pytest
 from conftest import REPO_ROOT
 from ofa_el.data.tsv import parse_selected_cols
 from ofa_el.tools import errors, evaluate
-from ofa_el.synthetic.demo_set import make_demo_data
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo_data")
-    make_demo_data(str(out), seed=3, train_images=4, val_images=2, test_images=2, refcoco_train_images=4,
-                   refcoco_eval_images=2)
-    return out
+def data(make_demo_set):
+    return make_demo_set(seed=3, train_images=4, val_images=2, test_images=2, refcoco_train_images=4,
+                         refcoco_eval_images=2)
 
 
 def run(module, *args, env=None):

@@ -288,7 +288,8 @@ def test_published_recipes_state_ofas_global_batch():
                  "refcoco/refcocog_ce.yaml"):
         recipe = load_recipe(REPO_ROOT / "configs" / name)
         args = recipe["args"]
-        assert recipe["global_batch_size"] == 128 == 4 * args["batch-size"] * derived_update_freq(recipe, [], 4)  # OFA: 4 GPUs
+        # OFA: 4 GPUs
+        assert recipe["global_batch_size"] == 128 == 4 * args["batch-size"] * derived_update_freq(recipe, [], 4)
         assert args["keep-interval-updates"] == 1
         assert load_recipe(REPO_ROOT / "configs" / name, demo=True)["global_batch_size"] is None
 

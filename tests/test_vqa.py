@@ -14,18 +14,15 @@ from ofa_el.criterions.adjust_label_smoothed_encouraging_loss import AdjustLabel
 from ofa_el.data.vqa_dataset import VqaRowParser, parse_answers
 from ofa_el.tasks.candidate_task import CandidateTask
 from ofa_el.tools.check_data import main as check_data
-from ofa_el.synthetic.demo_set import make_demo_data
 from ofa_el.synthetic.vqa import ANSWERS, majority_baseline, question_kind, read_rows
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(str(out), seed=0, image_size=32, train_images=4, val_images=2, test_images=2,
-                   refcoco_train_images=2, refcoco_eval_images=2, vqa_train_images=12, vqa_eval_images=4)
-    return out
+def demo(make_demo_set):
+    return make_demo_set(seed=0, image_size=32, train_images=4, val_images=2, test_images=2, refcoco_train_images=2,
+                         refcoco_eval_images=2, vqa_train_images=12, vqa_eval_images=4)
 
 
 def image_b64():

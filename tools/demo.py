@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..recipes import REPO_ROOT, expand, load_recipe
+from ..script_runner import CommandFailed, run_demo_script
 from ..synthetic.demo_set import make_demo_data
 from ..synthetic.scenes import majority_baseline
 from ..synthetic.vqa import majority_baseline as vqa_majority_baseline
@@ -80,14 +78,10 @@ def starts_from(part: str) -> Optional[str]:
 
 def run(script: str, log: Path, env: Dict[str, str], *extra: str) -> None:
     """Run a run_scripts/*.sh in demo mode, its output into ``log``; fail loudly with the log's tail."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = dict(os.environ, DEMO="1", PYTHON=sys.executable, PYTHONUNBUFFERED="1", **env)
-    with open(log, "w") as handle:
-        code = subprocess.call(["sh", str(REPO_ROOT / "run_scripts" / script), *extra], stdout=handle,
-                               stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT)
-    if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        raise SystemExit(f"{script} failed (exit {code}); the end of {log}:\n{tail}")
+    try:
+        run_demo_script(script, env, *extra, log=log, cwd=REPO_ROOT)
+    except CommandFailed as err:
+        raise SystemExit(str(err)) from None
 
 
 def ensure_data() -> None:
