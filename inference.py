@@ -88,13 +88,16 @@ def apply_overrides(state: Dict[str, Any], overrides: Dict[str, Any]) -> None:
     overwrite_args_by_name(state["cfg"], overrides)
 
 
-def load_for_inference(path: str, state: Dict[str, Any], overrides: Dict[str, Any], ema: bool = False,
-                       use_cuda: bool = False) -> Tuple[Any, Any, Any]:
+def load_for_inference(path: str, state: Dict[str, Any], overrides: Dict[str, Any], bpe_dir: Optional[str] = None,
+                       ema: bool = False, use_cuda: bool = False) -> Tuple[Any, Any, Any]:
     """``(model, cfg, task)`` of the checkpoint ``path`` (its ``state`` already read) with the task settings
-    ``overrides`` applied before the task is built; ``ema``: the checkpoint's EMA weights (``--store-ema``)."""
+    ``overrides`` applied before the task is built; ``bpe_dir``: ``--bpe-dir`` (None: the checkpoint's own, see
+    :func:`bpe_dir_for`); ``ema``: the checkpoint's EMA weights (``--store-ema``)."""
     from fairseq import checkpoint_utils
 
-    apply_overrides(state, {**ignore_training_settings(path, state["cfg"].task), **overrides})
+    task_cfg = state["cfg"].task
+    ignored = ignore_training_settings(path, task_cfg)
+    apply_overrides(state, {**ignored, "bpe_dir": bpe_dir_for(bpe_dir, path, task_cfg), **overrides})
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], state=state)
     model = models[0]
     if ema:

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import claim_folder_name
-from ..inference import add_generation_options, bpe_dir_for, generation_args, load_for_inference
+from ..inference import add_generation_options, generation_args, load_for_inference
 from ..preflight import check_bpe_dir, check_checkpoint_file
 from .errors import UserError, quiet_logs, run_cli
 
@@ -68,7 +68,7 @@ def load(args: argparse.Namespace):
 
     state = checkpoint_utils.load_checkpoint_to_cpu(args.path)
     task_cfg = state["cfg"].task
-    overrides = {"bpe_dir": bpe_dir_for(args.bpe_dir, args.path, task_cfg)}
+    overrides = {}
     if args.selected_cols:
         overrides["selected_cols"] = args.selected_cols
     if task_cfg._name == "refcoco":
@@ -77,8 +77,8 @@ def load(args: argparse.Namespace):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     use_cuda = torch.cuda.is_available() and not args.cpu
-    model, cfg, task = load_for_inference(args.path, state, overrides, ema=getattr(args, "ema_eval", False),
-                                          use_cuda=use_cuda)
+    model, cfg, task = load_for_inference(args.path, state, overrides, bpe_dir=args.bpe_dir,
+                                          ema=getattr(args, "ema_eval", False), use_cuda=use_cuda)
     return model, cfg, task, use_cuda
 
 

@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw
 
 from .. import claim_folder_name
 from ..data.rows import MemoryRows
-from ..inference import add_generation_options, bpe_dir_for, generation_args, load_for_inference
+from ..inference import add_generation_options, generation_args, load_for_inference
 from .errors import UserError, quiet_logs, run_cli
 
 TASKS = ("caption", "refcoco", "vqa_gen", "snli_ve", "image_classify")
@@ -287,12 +287,13 @@ def predict(args: argparse.Namespace, task_name: str, model, task, images: List[
 def load_model(args: argparse.Namespace, state: Dict[str, Any], use_cuda: bool):
     """The model in eval mode and its task, set up to read the rows of :func:`input_rows`."""
     task_cfg = state["cfg"].task
-    overrides = {"bpe_dir": bpe_dir_for(args.bpe_dir, args.path, task_cfg), "skip_invalid_rows": False}
+    overrides: Dict[str, Any] = {"skip_invalid_rows": False}
     if task_cfg._name == "refcoco":
         overrides["unrestricted_decoding"] = args.unrestricted_decoding
     if args.ans2label_file is not None:
         overrides["ans2label_file"] = args.ans2label_file
-    model, _, task = load_for_inference(args.path, state, overrides, ema=args.ema_eval, use_cuda=use_cuda)
+    model, _, task = load_for_inference(args.path, state, overrides, bpe_dir=args.bpe_dir, ema=args.ema_eval,
+                                        use_cuda=use_cuda)
     return model, task
 
 
