@@ -9,6 +9,8 @@ import os
 import sys
 
 __version__ = "0.1.0"
+#: This package's folder: what ``--user-dir`` names, and in a clone the repository root (configs/, run_scripts/).
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _reuse_copy_loaded_under_another_name() -> bool:

@@ -69,7 +69,7 @@ def training_config(recipe_path: Path, data_dir: Path, extra: Sequence[str] = ()
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     from ofa_el import claim_folder_name
-    from ofa_el.tools.launch import fairseq_arguments, load_recipe
+    from ofa_el.recipes import fairseq_arguments, load_recipe
 
     claim_folder_name()  # fairseq imports --user-dir by folder name
     recipe = load_recipe(recipe_path, demo=True)

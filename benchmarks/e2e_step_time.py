@@ -79,7 +79,8 @@ def transformer_commands(tmp: Path, args: argparse.Namespace) -> Dict[str, List[
 def ofa_demo_commands(tmp: Path, args: argparse.Namespace) -> Dict[str, List[str]]:
     from data_loading import ensure_demo_data
 
-    from ofa_el.tools.launch import command, load_recipe
+    from ofa_el.recipes import load_recipe
+    from ofa_el.tools.launch import command
 
     data_dir = Path(args.data_dir)
     ensure_demo_data(data_dir, grounding=False)
@@ -112,7 +113,7 @@ def recipe_config(recipe_path: Path, data_dir: Path, demo: bool = True, extra: S
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     from ofa_el import claim_folder_name
-    from ofa_el.tools.launch import fairseq_arguments, load_recipe
+    from ofa_el.recipes import fairseq_arguments, load_recipe
 
     claim_folder_name()  # fairseq imports --user-dir by folder name
     recipe = load_recipe(recipe_path, demo=demo)

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InvalidDataError, OptionError
 from .text import TextCodec
+from .rows import MemoryRows
 from .tsv import InvalidRowError, TsvFile, parse_selected_cols
 
 logger = logging.getLogger(__name__)
@@ -57,14 +58,18 @@ def decode_base64(field: str) -> bytes:
 
 
 def decode_image(field: str) -> Image.Image:
-    """A base64 image field to an RGB PIL image, fully decoded.
+    """A base64 image field to an RGB PIL image, fully decoded (:func:`image_from_bytes`)."""
+    if not field:
+        raise InvalidDataError("empty image field")
+    return image_from_bytes(decode_base64(field))
+
+
+def image_from_bytes(data: bytes) -> Image.Image:
+    """An image file's bytes to an RGB PIL image, fully decoded.
 
     Unlike OFA (``LOAD_TRUNCATED_IMAGES = True``), truncated or corrupt images raise
     :class:`~ofa_el.errors.InvalidDataError` instead of being padded with grey pixels and trained on.
     """
-    if not field:
-        raise InvalidDataError("empty image field")
-    data = decode_base64(field)
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -136,8 +141,11 @@ class RowParser:
         raise NotImplementedError
 
     @staticmethod
-    def load_image(field: str) -> Image.Image:
-        """The image column decoded in full; the reason names the column."""
+    def load_image(field: Union[str, Image.Image]) -> Image.Image:
+        """The image column decoded in full (rows in memory may hold the decoded image); the reason names the
+        column."""
+        if isinstance(field, Image.Image):
+            return field
         try:
             return decode_image(field)
         except InvalidDataError as err:
@@ -148,7 +156,7 @@ class OFADataset(FairseqDataset):
     """Rows of one TSV file (this rank's shard) as OFA samples.
 
     Args:
-        path: the TSV file.
+        path: the TSV file, or rows in memory (:class:`~.rows.MemoryRows`, already in ``FIELDS`` order).
         split: ``"train"`` or an evaluation split name (subclasses clean text differently).
         codec: BPE + dictionary.
         selected_cols: ``--selected-cols``; must select exactly ``len(self.FIELDS)`` columns; None:
@@ -170,7 +178,7 @@ class OFADataset(FairseqDataset):
 
     def __init__(
         self,
-        path: str,
+        path: Union[str, MemoryRows],
         split: str,
         codec: TextCodec,
         selected_cols: Union[None, str, Sequence[int]],
@@ -181,8 +189,11 @@ class OFADataset(FairseqDataset):
         slice_id: Optional[int] = None,
         slice_count: Optional[int] = None,
     ):
-        columns = self.field_columns(selected_cols)
-        self.tsv = TsvFile(path, tuple(columns.values()), slice_id=slice_id, slice_count=slice_count)
+        if isinstance(path, MemoryRows):
+            self.tsv = path
+        else:
+            columns = self.field_columns(selected_cols)
+            self.tsv = TsvFile(path, tuple(columns.values()), slice_id=slice_id, slice_count=slice_count)
         self.parser = parser
         self.split = split
         self.codec = codec
@@ -226,7 +237,7 @@ class OFADataset(FairseqDataset):
             raise self.row_error(index, str(err)) from None
 
     def row_error(self, index: int, reason: str) -> InvalidRowError:
-        return InvalidRowError(self.tsv.path, self.tsv.row_number(index), reason)
+        return self.tsv.row_error(index, reason)
 
     # -- pieces shared by the subclasses ---------------------------------------------------
 

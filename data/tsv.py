@@ -140,6 +140,10 @@ class TsvFile:
         """1-based line number in the file of this shard's ``index``-th row (for error messages)."""
         return self.first_row + index + 1
 
+    def row_error(self, index: int, reason: str) -> InvalidRowError:
+        """The error for this shard's ``index``-th row: ``<file>: row <line>: <reason>``."""
+        return InvalidRowError(self.path, self.row_number(index), reason)
+
     def _file(self):
         # One handle per process: a handle inherited from the parent of a forked DataLoader
         # worker would share its file position with the parent and the other workers.

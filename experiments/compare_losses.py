@@ -76,7 +76,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ofa_el.errors import MissingFileError, UserError
 from ofa_el.tools.errors import run_cli
-from ofa_el.tools.launch import REPO_ROOT, expand, load_recipe
+from ofa_el.recipes import REPO_ROOT, expand, load_recipe
 
 
 class LogError(UserError, ValueError):

@@ -1,6 +1,5 @@
 """Shared test helpers: paths, an environment for fairseq subprocesses, a tiny model and batch for criteria."""
 import os
-import subprocess
 from collections import defaultdict
 import sys
 from pathlib import Path
@@ -8,6 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from fairseq.data import Dictionary
+
+from ofa_el.script_runner import CommandFailed, run_demo_script
+from ofa_el.synthetic.demo_set import make_demo_data
+from ofa_el.tools.errors import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SPECS = REPO_ROOT.parent / "shared" / "specs"
@@ -28,13 +31,37 @@ TINY_MODEL = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed
 
 
 def run_script(script, env, *args, timeout=600):
-    """A run_scripts/*.sh in demo mode (DEMO=1) with ``env`` added; its output, asserting it succeeded."""
-    full_env = dict(os.environ, DEMO="1", PYTHON=sys.executable, OMP_NUM_THREADS="1", **env)
-    proc = subprocess.run(["sh", str(REPO_ROOT / "run_scripts" / script), *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-5000:]
-    return output
+    """A run_scripts/*.sh in demo mode (DEMO=1) with ``env`` added; its output, failing the test with its end."""
+    try:
+        return run_demo_script(script, {"OMP_NUM_THREADS": "1", **env}, *args, timeout=timeout)
+    except CommandFailed as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def make_demo_set(tmp_path_factory):
+    """``make_demo_set(**options)``: the synthetic demo set with ``make_demo_data``'s options, written once per run for
+    each set of options, however many test files ask for it. Read-only: a test that changes files copies first."""
+    written = {}
+
+    def make(**options):
+        key = tuple(sorted(options.items()))
+        if key not in written:
+            written[key] = tmp_path_factory.mktemp("demo_data")
+            make_demo_data(str(written[key]), **options)
+        return written[key]
+
+    return make
+
+
+def run_command(capsys, main, *argv):
+    """A command's ``main`` as ``python -m`` runs it (through run_cli): its exit status, stdout lines and stderr."""
+    try:
+        status = run_cli(lambda: main(list(argv)))
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out.splitlines(), err
 
 
 def venv_bin(name: str) -> str:

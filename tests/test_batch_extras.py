@@ -13,16 +13,14 @@ from ofa_el.data.caption_dataset import CaptionDataset
 from ofa_el.data.ofa_dataset import collate
 from ofa_el.data.refcoco_dataset import RefcocoDataset
 from ofa_el.data.text import TextCodec
-from ofa_el.tools.make_demo_data import make_demo_data
 
 P = 16
 
 
 @pytest.fixture(scope="module")
-def codec(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(str(out), seed=0, image_size=32, train_images=2, val_images=1, test_images=1,
-                   refcoco_train_images=1, refcoco_eval_images=1, bpe_vocab_size=300)
+def codec(make_demo_set):
+    out = make_demo_set(seed=0, image_size=32, train_images=2, val_images=1, test_images=1, refcoco_train_images=1,
+                        refcoco_eval_images=1, bpe_vocab_size=300)
     return TextCodec(str(out / "bpe"), num_bins=100)
 
 

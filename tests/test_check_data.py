@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_command
 from ofa_el.data.refcoco_dataset import RefcocoDataset
 from ofa_el.data.text import TextCodec
 from ofa_el.tasks.ofa_task import OFATask, OFATaskConfig
+from ofa_el.synthetic.bpe import write_bpe
 from ofa_el.tools.check_data import block_bounds, main
-from ofa_el.tools.make_demo_data import write_bpe
 
 torch.set_num_threads(1)
 
@@ -102,9 +103,7 @@ def caption_files(tmp_path):
 
 
 def run(capsys, *argv):
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out.splitlines(), err
+    return run_command(capsys, main, *argv)
 
 
 def bad_lines(path, bad):

@@ -4,6 +4,7 @@ import io
 
 from PIL import Image
 
+from conftest import run_command
 from ofa_el.tools.check_data import main
 
 
@@ -22,9 +23,7 @@ def write_lines(path, rows):
 
 
 def run(capsys, *argv):
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out.splitlines(), err
+    return run_command(capsys, main, *argv)
 
 
 def snli(uid, hypothesis="a dog runs", caption="dogs on grass", label="entailment", image=None):

@@ -20,7 +20,6 @@ from fairseq import checkpoint_utils
 import ofa_el  # noqa: F401  (installs the guarded loader)
 from conftest import REPO_ROOT, TINY_MODEL
 from ofa_el.checkpoint_safety import TRUSTED_ENV, UntrustedCheckpointError, guard_loader
-from ofa_el.tools.make_demo_data import make_demo_data
 
 
 def fairseq_like_state(**extra):
@@ -133,10 +132,8 @@ def numpy1_path():
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(str(out), seed=1, train_images=4, val_images=2, test_images=2, refcoco_train_images=0)
-    return out
+def demo_data(make_demo_set):
+    return make_demo_set(seed=1, train_images=4, val_images=2, test_images=2, refcoco_train_images=0)
 
 
 def pickled_globals(path: Path) -> set:

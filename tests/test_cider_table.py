@@ -15,6 +15,7 @@ from conftest import naive_ofa_table
 from ofa_el.data.scoring import cider, document_frequency_of, load_cider_document_frequency
 from ofa_el.data.text import clean_references
 from ofa_el.tools import cider_table
+from ofa_el.tools.errors import run_cli
 
 RECORDS = [
     ("1", "a red circle at the top left", ["a red circle at the top left", "there is a red circle at the top left",
@@ -129,6 +130,14 @@ VAL_ROWS = [  # one row per image, references joined by &&
 ]
 
 
+def run_tool(argv):
+    """``python -m ofa_el.tools.cider_table argv`` in this process (through run_cli): its exit status."""
+    try:
+        return run_cli(lambda: cider_table.main(argv))
+    except SystemExit as stop:
+        return stop.code
+
+
 def write_tsv(path, rows):
     path.write_text("".join("\t".join(row) + "\n" for row in rows), encoding="utf-8")
     return str(path)
@@ -146,7 +155,7 @@ def grouped_references(rows):
 def test_tool_writes_the_document_frequencies_of_the_cleaned_references(tmp_path, capsys, rows):
     data = write_tsv(tmp_path / "captions.tsv", rows)
     output = str(tmp_path / "my-words.p")
-    assert cider_table.main([data, "-o", output]) == 0
+    assert run_tool([data, "-o", output]) == 0
     corpus = grouped_references(rows)
     expected_table, expected_images = document_frequency_of(corpus)
     references = sum(len(refs) for refs in corpus)
@@ -177,7 +186,7 @@ def test_tool_writes_the_document_frequencies_of_the_cleaned_references(tmp_path
 
 def test_tool_groups_train_rows_by_image_and_cleans_like_validation(tmp_path, capsys):
     output = str(tmp_path / "train-words.p")
-    assert cider_table.main([write_tsv(tmp_path / "train.tsv", TRAIN_ROWS), "-o", output]) == 0
+    assert run_tool([write_tsv(tmp_path / "train.tsv", TRAIN_ROWS), "-o", output]) == 0
     table, images = load_cider_document_frequency(output)
     assert images == 2.0  # images 7 and 9, not 5 rows
     assert table[("red", "circle")] == 1.0  # three references of image 7: one document
@@ -190,8 +199,8 @@ def test_tool_groups_train_rows_by_image_and_cleans_like_validation(tmp_path, ca
 def test_tool_append_eos_ends_every_reference_as_ofa_scst_does(tmp_path, capsys):
     data = write_tsv(tmp_path / "stage2.tsv", VAL_ROWS)
     plain, with_eos = str(tmp_path / "plain.p"), str(tmp_path / "eos.p")
-    assert cider_table.main([data, "-o", plain]) == 0
-    assert cider_table.main([data, "-o", with_eos, "--append-eos"]) == 0
+    assert run_tool([data, "-o", plain]) == 0
+    assert run_tool([data, "-o", with_eos, "--append-eos"]) == 0
     plain_table, _ = load_cider_document_frequency(plain)
     eos_table, _ = load_cider_document_frequency(with_eos)
     expected, _ = document_frequency_of([[ref + " <eos>" for ref in refs] for refs in grouped_references(VAL_ROWS)])
@@ -206,7 +215,7 @@ def test_tool_reads_other_columns_and_several_files(tmp_path, capsys):
     first = write_tsv(tmp_path / "a.tsv", swapped[:3])
     second = write_tsv(tmp_path / "b.tsv", swapped[3:])
     output = str(tmp_path / "words.p")
-    assert cider_table.main([first, second, "-o", output, "--selected-cols", "1,0"]) == 0
+    assert run_tool([first, second, "-o", output, "--selected-cols", "1,0"]) == 0
     assert load_cider_document_frequency(output) == document_frequency_of(grouped_references(TRAIN_ROWS))
 
 
@@ -220,7 +229,7 @@ def test_tool_reads_other_columns_and_several_files(tmp_path, capsys):
 ])
 def test_tool_user_errors_exit_2(tmp_path, capsys, make_args, message):
     data = write_tsv(tmp_path / "captions.tsv", VAL_ROWS)
-    assert cider_table.main(make_args(data, tmp_path)) == 2
+    assert run_tool(make_args(data, tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
@@ -234,7 +243,7 @@ def test_tool_user_errors_exit_2(tmp_path, capsys, make_args, message):
 def test_tool_bad_rows_name_file_and_row_and_write_nothing(tmp_path, capsys, rows, message):
     data = write_tsv(tmp_path / "bad.tsv", rows)
     output = tmp_path / "words.p"
-    assert cider_table.main([data, "-o", str(output)]) == 2
+    assert run_tool([data, "-o", str(output)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {data}: "), err
     assert re.search(message, err), err
@@ -252,7 +261,7 @@ def test_tool_write_failure_leaves_no_partial_file(tmp_path, capsys, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cider_table.pickle, "dump", disk_full)
-    assert cider_table.main([data, "-o", str(output)]) == 2
+    assert run_tool([data, "-o", str(output)]) == 2
     assert capsys.readouterr().err.startswith("error: [Errno 28] No space left on device")
     assert output.read_bytes() == b"previous table"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["captions.tsv", "words.p"]

@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT
-from ofa_el.tools import cli, launch, recipes
-from ofa_el.tools.launch import RecipeError, available_recipes, command, load_recipe, recipe_path
+from ofa_el import recipes
+from ofa_el.recipes import RecipeError, available_recipes, load_recipe, recipe_path
+from ofa_el.tools import cli, launch
+from ofa_el.tools.launch import command
 
 
 def ofa_el(*args, cwd=None, env=None, executable=(sys.executable, "-m", "ofa_el.tools.cli")):
@@ -50,8 +52,8 @@ def test_make_tsv_is_dispatched_by_module_name(monkeypatch):
     monkeypatch.setattr(cli.runpy, "run_module", lambda name, **kw: ran.append((name, sys.argv[1:], kw)))
     assert cli.main(["make-tsv", "--help"]) == 0
     assert ran == [("ofa_el.tools.make_tsv", ["--help"], {"run_name": "__main__", "alter_sys": True})]
-    assert set(cli.TOOL_MODULES) == {"train", "launch", "evaluate", "predict", "check-data", "cider-table", "demo",
-                                     "make-tsv"}
+    assert set(cli.TOOL_MODULES) == {"recipes", "cp", "train", "launch", "evaluate", "predict", "check-data",
+                                     "cider-table", "demo", "make-tsv"}
 
 
 def test_recipe_names_resolve_and_wrong_ones_list_close_matches(tmp_path, monkeypatch):
@@ -183,7 +185,7 @@ def test_the_first_command_of_the_el_readme_parses_and_survives_fairseqs_valid_s
     that passes --ignore-unused-valid-subsets (without it fairseq takes 'a.tsv,b.tsv' for a data folder)."""
     import shlex
 
-    from ofa_el.tools.preflight import training_config
+    from ofa_el.preflight import training_config
 
     text = (REPO_ROOT / "README_EncouragingLoss.md").read_text()
     block = text.split("```bash\n", 1)[1].split("```", 1)[0]

@@ -12,7 +12,6 @@ import pytest
 from scipy import stats as scipy_stats
 
 from conftest import REPO_ROOT
-from ofa_el.tools.make_demo_data import make_demo_data
 
 
 def load_experiment(name):
@@ -242,12 +241,10 @@ def test_criteria_flags_are_the_registered_options():
 
 
 @pytest.fixture(scope="module")
-def small_demo_data(tmp_path_factory):
+def small_demo_data(make_demo_set):
     """Demo data with enough rows for 4 updates of each demo recipe (caption batch 32, refcoco 16)."""
-    out = tmp_path_factory.mktemp("compare_data")
-    make_demo_data(str(out), seed=3, train_images=32, val_images=4, test_images=3, refcoco_train_images=64,
-                   refcoco_eval_images=3)
-    return out
+    return make_demo_set(seed=3, train_images=32, val_images=4, test_images=3, refcoco_train_images=64,
+                         refcoco_eval_images=3)
 
 
 @pytest.fixture
@@ -343,9 +340,9 @@ def test_start_checkpoints_follow_the_recipes(tmp_path, monkeypatch):
     $RESTORE_FILE overrides, and must exist."""
     calls = []
     monkeypatch.setattr(cl, "_call", lambda cmd, log, env: calls.append(cmd) or 1.0)
-    from ofa_el.tools import launch
+    from ofa_el import recipes
 
-    for module in (cl, launch):  # recipes' relative defaults resolve against the root: no demo checkpoints there
+    for module in (cl, recipes):  # recipes' relative defaults resolve against the root: no demo checkpoints there
         monkeypatch.setattr(module, "REPO_ROOT", tmp_path)
     (tmp_path / "configs").symlink_to(REPO_ROOT / "configs")
     (tmp_path / "setup.py").write_text("")  # a clone's root, which the launcher resolves relative defaults against

@@ -337,7 +337,7 @@ def test_command_line_and_recipes_build_the_criteria(capsys):
     from ofa_el.criterions.adjust_label_smoothed_poly1_cross_entropy import (
         AdjustLabelSmoothedPoly1CrossEntropyCriterion,
     )
-    from ofa_el.tools.launch import fairseq_arguments, load_recipe
+    from ofa_el.recipes import fairseq_arguments, load_recipe
 
     import ofa_el
 

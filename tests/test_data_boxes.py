@@ -11,7 +11,7 @@ from ofa_el.data.boxes import bins_to_box, box_iou, box_to_bins, grounding_hits
 from ofa_el.data.refcoco_dataset import RefcocoDataset
 from ofa_el.data.scoring import grounding_metrics
 from ofa_el.data.text import TextCodec
-from ofa_el.tools.make_demo_data import write_bpe
+from ofa_el.synthetic.bpe import write_bpe
 
 torch.set_num_threads(1)
 

@@ -17,18 +17,15 @@ from ofa_el.data.refcoco_dataset import RefcocoDataset
 from ofa_el.data.text import TextCodec, clean_references, clean_train_caption, pre_caption
 from ofa_el.data.tsv import InvalidRowError
 from ofa_el.errors import InvalidDataError
-from ofa_el.tools.make_demo_data import make_demo_data
 
 torch.set_num_threads(1)
 P = 16  # small patches keep the tests fast
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(str(out), seed=0, image_size=32, train_images=6, val_images=3, test_images=3,
-                   refcoco_train_images=3, refcoco_eval_images=2, bpe_vocab_size=400)
-    return out
+def demo(make_demo_set):
+    return make_demo_set(seed=0, image_size=32, train_images=6, val_images=3, test_images=3, refcoco_train_images=3,
+                         refcoco_eval_images=2, bpe_vocab_size=400)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ofa_el.tools.make_demo_data import COLOURS, REFCOCO_SPLITS, SHAPES, main
+from ofa_el.synthetic.refcoco import REFCOCO_SPLITS
+from ofa_el.synthetic.scenes import COLOURS, SHAPES
+from ofa_el.tools.make_demo_data import main
 
 torch.set_num_threads(1)
 SIZES = ["--image-size", "32", "--train-images", "8", "--val-images", "4", "--test-images", "4",

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from conftest import REPO_ROOT
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 
 def test_quick_run_reports_pipeline_and_training_rates(tmp_path, subprocess_env):

@@ -12,9 +12,9 @@ from PIL import Image
 
 from ofa_el.data.image_classify_dataset import ImageClassifyRowParser
 from ofa_el.data.snli_ve_dataset import SnliVeRowParser
-from ofa_el.tools.make_demo_data import (COLOURS, DEMO_CLASSES, NUMBER_WORDS, SHAPES, UNDECIDABLE, entailment_row,
-                                         majority_baseline, place_shapes, position_phrase,
-                                         write_image_classify_sets, write_snli_ve_sets)
+from ofa_el.synthetic.image_classify import DEMO_CLASSES, write_image_classify_sets
+from ofa_el.synthetic.scenes import COLOURS, SHAPES, majority_baseline, place_shapes, position_phrase
+from ofa_el.synthetic.snli_ve import NUMBER_WORDS, UNDECIDABLE, entailment_row, write_snli_ve_sets
 
 
 def judge(hypothesis, shapes, size):
@@ -104,9 +104,8 @@ def test_demo_part_reports_accuracy_beside_the_majority_baseline(part, test_file
             (results / "metrics.json").write_text(json.dumps({test_file[:-4]: {"accuracy": 0.75, "n": 240}}))
 
     monkeypatch.setattr(demo, "run", fake_run)
-    monkeypatch.setitem(demo.CANDIDATE_PARTS, part, demo.CANDIDATE_PARTS[part][:4] + (
-        lambda out: (write_snli_ve_sets if part == "snli_ve" else write_image_classify_sets)(
-            out, 0, {"train": 3, "dev": 3, "val": 3, "test": 30}),))
+    (write_snli_ve_sets if part == "snli_ve" else write_image_classify_sets)(
+        str(tmp_path / "data"), 0, {"train": 3, "dev": 3, "val": 3, "test": 30})
     result = demo.candidate_part(part)
     label, share = majority_baseline(str(tmp_path / "data" / test_file), column)
     assert result == {"test": {"accuracy": 0.75, "majority_baseline": share, "majority_class": label}}

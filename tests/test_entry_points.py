@@ -11,15 +11,12 @@ from conftest import REPO_ROOT
 from ofa_el.data.ofa_dataset import collate
 from ofa_el.data.tsv import parse_selected_cols
 from ofa_el.tools import errors, evaluate
-from ofa_el.tools.make_demo_data import make_demo_data
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo_data")
-    make_demo_data(str(out), seed=3, train_images=4, val_images=2, test_images=2, refcoco_train_images=4,
-                   refcoco_eval_images=2)
-    return out
+def data(make_demo_set):
+    return make_demo_set(seed=3, train_images=4, val_images=2, test_images=2, refcoco_train_images=4,
+                         refcoco_eval_images=2)
 
 
 def run(module, *args, env=None):
@@ -197,7 +194,7 @@ def test_run_cli_exits_2_for_user_errors_and_reraises_bugs(capsys, monkeypatch):
 def test_user_errors_are_a_typed_family():
     import ofa_el.errors
     from ofa_el.data.tsv import InvalidRowError
-    from ofa_el.tools.launch import RecipeError
+    from ofa_el.recipes import RecipeError
     from ofa_el.tools.train import MissingRestoreFileError
 
     assert errors.UserError is ofa_el.errors.UserError  # the core's classes, which the runner prints

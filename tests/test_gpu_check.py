@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from ofa_el.tools.make_demo_data import make_demo_data
+from ofa_el.synthetic.demo_set import make_demo_data
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 PART_KEYS = {
@@ -35,12 +35,10 @@ VARIANTS = ["fairseq_ce", "fused_ce", "fused_el", "reference_el"]
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
+def demo_data(make_demo_set):
     """Just enough demo data: 40 caption rows (4 batches of 8), 4 validation images and 4 refcoco rows."""
-    data = tmp_path_factory.mktemp("gpu_check") / "data"
-    make_demo_data(str(data), seed=1, train_images=8, val_images=4, test_images=1, refcoco_train_images=4,
-                   refcoco_eval_images=4)
-    return data
+    return make_demo_set(seed=1, train_images=8, val_images=4, test_images=1, refcoco_train_images=4,
+                         refcoco_eval_images=4)
 
 
 def run_check(args, env, timeout=300):

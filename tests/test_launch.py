@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from ofa_el.tools.launch import REPO_ROOT, RecipeError, command, load_recipe, main
+from ofa_el.recipes import REPO_ROOT, RecipeError, derived_update_freq, load_recipe
+from ofa_el.tools.launch import command, main
 
 
 @pytest.fixture
@@ -135,7 +136,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 
-from ofa_el.tools import launch as launch_module  # noqa: E402
+from ofa_el import recipes as recipes_module  # noqa: E402
 
 
 def fake_python(folder, name):
@@ -287,7 +288,8 @@ def test_published_recipes_state_ofas_global_batch():
                  "refcoco/refcocog_ce.yaml"):
         recipe = load_recipe(REPO_ROOT / "configs" / name)
         args = recipe["args"]
-        assert recipe["global_batch_size"] == 128 == 4 * args["batch-size"] * args["update-freq"]  # OFA: 4 GPUs
+        # OFA: 4 GPUs
+        assert recipe["global_batch_size"] == 128 == 4 * args["batch-size"] * derived_update_freq(recipe, [], 4)
         assert args["keep-interval-updates"] == 1
         assert load_recipe(REPO_ROOT / "configs" / name, demo=True)["global_batch_size"] is None
 
@@ -299,7 +301,7 @@ def test_relative_defaults_follow_the_clone_or_the_current_directory(recipes, tm
     assert command(recipe, {}, [])[3].startswith(f"{REPO_ROOT}/../data/")  # a clone: the repository
     installed = tmp_path / "site-packages" / "ofa_el"
     installed.mkdir(parents=True)
-    monkeypatch.setattr(launch_module, "REPO_ROOT", installed)  # an installed package: no setup.py beside it
+    monkeypatch.setattr(recipes_module, "REPO_ROOT", installed)  # an installed package: no setup.py beside it
     monkeypatch.chdir(tmp_path)
     assert command(recipe, {}, [])[3] == f"{tmp_path}/../data/train.tsv,{tmp_path}/../data/val.tsv"
 

@@ -165,7 +165,7 @@ def write_jsonl(path: Path, records) -> Path:
 
 def make_bpe(folder: Path, tsv_files, text_columns):
     """A small GPT-2-format BPE trained on the TSVs' text columns (as the demo data's BPE is built)."""
-    from ofa_el.tools.make_demo_data import write_bpe
+    from ofa_el.synthetic.bpe import write_bpe
 
     texts = []
     for path in tsv_files:

@@ -11,7 +11,6 @@ from ofa_el import precision
 from ofa_el.criterions import adjust_label_smoothed_cross_entropy as criterion_module
 from ofa_el.tools import train
 from ofa_el.tools.errors import UserError
-from ofa_el.tools.make_demo_data import make_demo_data
 
 TINY = ["--task", "caption", "--arch", "ofa_tiny", "--encoder-layers", "1", "--decoder-layers", "1",
         "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
@@ -58,11 +57,9 @@ def test_parsed_bf16_no_longer_means_tpu():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bf16_data")
-    make_demo_data(str(out), seed=3, train_images=8, val_images=2, test_images=1, refcoco_train_images=1,
-                   refcoco_eval_images=1)
-    return out
+def data(make_demo_set):
+    return make_demo_set(seed=3, train_images=8, val_images=2, test_images=1, refcoco_train_images=1,
+                         refcoco_eval_images=1)
 
 
 def test_bf16_trains_on_cpu_through_the_entry_point(data, tmp_path, monkeypatch, capsys, caplog):

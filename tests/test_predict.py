@@ -16,7 +16,6 @@ from conftest import REPO_ROOT
 from ofa_el.data import scoring
 from ofa_el.tools import evaluate, predict
 from ofa_el.tools.errors import run_cli
-from ofa_el.tools.make_demo_data import make_demo_data
 
 NUM_BINS = 10
 TINY = ["--arch", "ofa_tiny", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
@@ -29,12 +28,11 @@ TINY = ["--arch", "ofa_tiny", "--encoder-layers", "1", "--decoder-layers", "1", 
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, make_demo_set):
     """Demo data and a caption and a refcoco checkpoint of a tiny model (2 updates each, trained side by side)."""
     root = tmp_path_factory.mktemp("predict")
-    data = root / "data"
-    make_demo_data(str(data), seed=3, train_images=4, val_images=2, test_images=2, refcoco_train_images=4,
-                   refcoco_eval_images=2)
+    data = make_demo_set(seed=3, train_images=4, val_images=2, test_images=2, refcoco_train_images=4,
+                         refcoco_eval_images=2)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     runs = {}
     for task, train in (("caption", "caption_stage1_train"), ("refcoco", "refcoco_train")):

@@ -5,10 +5,10 @@ import subprocess
 import pytest
 import torch
 
+from ofa_el.preflight import check_bpe_dir, check_checkpoint_file, check_launch, check_save_dir, training_config
+from ofa_el.recipes import load_recipe
 from ofa_el.tools import launch
 from ofa_el.tools.errors import UserError
-from ofa_el.tools.preflight import (check_bpe_dir, check_checkpoint_file, check_launch, check_save_dir,
-                                    training_config)
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_the_launcher_checks_before_any_process_starts(files, capsys, monkeypatc
                                        "folder; OFA's TSV files: README.md, 'Data: OFA's TSV files')\n")
     monkeypatch.delenv("DATA_DIR")
     save_last_checkpoint(files, launch.entry_arguments(
-        launch.command(launch.load_recipe(recipe), {}, [], gpus=0), "train"))
+        launch.command(load_recipe(recipe), {}, [], gpus=0), "train"))
     assert launch.main([str(recipe), "--lr=0.5"]) == 2
     assert "--lr 0.25 -> 0.5" in capsys.readouterr().err  # fairseq's default --lr in the first run
     started = []

@@ -5,17 +5,14 @@ import json
 import pytest
 
 from conftest import TINY_MODEL, run_script
-from ofa_el.tools.make_demo_data import make_demo_data
 
 SMALL_MODEL = TINY_MODEL + ["--batch-size", "8", "--max-epoch", "1", "--log-interval", "2"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo_data")
-    make_demo_data(str(out), seed=1, train_images=8, val_images=6, test_images=5, refcoco_train_images=16,
-                   refcoco_eval_images=6)
-    return out
+def data(make_demo_set):
+    return make_demo_set(seed=1, train_images=8, val_images=6, test_images=5, refcoco_train_images=16,
+                         refcoco_eval_images=6)
 
 
 def assert_readable_evaluation(output, split, items):

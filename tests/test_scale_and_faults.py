@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from ofa_el.tools.make_demo_data import make_demo_data
 
 TINY = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
         "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
@@ -20,18 +19,14 @@ TINY = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim",
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("scale_data")
-    make_demo_data(str(out), seed=2, train_images=8, val_images=5, test_images=2, refcoco_train_images=0)
-    return out
+def data(make_demo_set):
+    return make_demo_set(seed=2, train_images=8, val_images=5, test_images=2, refcoco_train_images=0)
 
 
 @pytest.fixture(scope="module")
-def grounding_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("scale_grounding_data")
-    make_demo_data(str(out), seed=2, train_images=4, val_images=2, test_images=2, refcoco_train_images=16,
-                   refcoco_eval_images=5)
-    return out
+def grounding_data(make_demo_set):
+    return make_demo_set(seed=2, train_images=4, val_images=2, test_images=2, refcoco_train_images=16,
+                         refcoco_eval_images=5)
 
 
 def interleave_for_one_process(data: Path, out: Path, workers: int, batch: int,

@@ -1,8 +1,6 @@
 """Caption stage 2: the self-critical reward, the SCST criterion on a tiny OFA model, its table checks, the recipe."""
-import os
 import pickle
 import subprocess
-import sys
 from collections import defaultdict
 
 import pytest
@@ -12,9 +10,8 @@ from fairseq import options, tasks
 import ofa_el  # noqa: F401
 from ofa_el.criterions.scst_reward_criterion import ScstRewardCriterion, self_critical_rewards
 from ofa_el.data.scoring import cider
-from ofa_el.tools.make_demo_data import make_demo_data
 
-from conftest import REPO_ROOT, TINY_MODEL
+from conftest import REPO_ROOT, TINY_MODEL, run_script
 
 TINY_TASK_MODEL = ["--arch", "ofa_tiny", *TINY_MODEL, "--resnet-type", "resnet18", "--code-dict-size", "0",
                    "--num-bins", "10", "--dropout", "0", "--encoder-drop-path-rate", "0", "--decoder-drop-path-rate", "0"]
@@ -23,10 +20,8 @@ SMALL_MODEL = TINY_MODEL + ["--batch-size", "8", "--max-epoch", "1", "--log-inte
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("scst_data")
-    make_demo_data(str(out), seed=2, train_images=8, val_images=4, test_images=3, refcoco_train_images=0)
-    return out
+def data(make_demo_set):
+    return make_demo_set(seed=2, train_images=8, val_images=4, test_images=3, refcoco_train_images=0)
 
 
 def test_stage2_train_file_holds_each_stage1_image_once_with_all_its_references(data):
@@ -36,16 +31,6 @@ def test_stage2_train_file_holds_each_stage1_image_once_with_all_its_references(
     for row in stage2:
         own = [r for r in stage1 if r[1] == row[1]]
         assert row[0] == row[1] and row[2].split("&&") == [r[2] for r in own] and row[3:] == own[0][3:]
-
-
-def run_script(script, env, *args):
-    """A run_scripts/*.sh in demo mode; its output, after checking it exited 0."""
-    full_env = dict(os.environ, DEMO="1", PYTHON=sys.executable, OMP_NUM_THREADS="1", **env)
-    proc = subprocess.run(["sh", str(REPO_ROOT / "run_scripts" / script), *args], capture_output=True, text=True,
-                          env=full_env, timeout=600)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-5000:]
-    return output
 
 
 def caption_task(data, *extra):
@@ -151,12 +136,14 @@ def test_stage2_recipe_trains_from_a_stage1_model_and_validates_cider(data, tmp_
 
 
 def test_stage2_recipes_carry_ofas_values():
-    from ofa_el.tools.launch import command, load_recipe
+    from ofa_el.recipes import derived_update_freq, load_recipe
+    from ofa_el.tools.launch import command
 
     for name, restore in (("stage2.yaml", "caption_stage1_ce"), ("stage2_el.yaml", "caption_stage1_el")):
         recipe = load_recipe(REPO_ROOT / "configs" / "caption" / name)
         args = recipe["args"]
-        assert recipe["global_batch_size"] == 64 == 8 * args["batch-size"] * args["update-freq"]  # OFA: 8 GPUs
+        # OFA: 8 GPUs
+        assert recipe["global_batch_size"] == 64 == 8 * args["batch-size"] * derived_update_freq(recipe, [], 8)
         assert (args["criterion"], args["scst"], args["lr"], args["end-learning-rate"], args["max-epoch"]) == (
             "scst_reward_criterion", True, 1e-5, 2e-7, 3)
         assert recipe["env"]["RESTORE_FILE"] == f"checkpoints/{restore}/checkpoint_best.pt"

@@ -9,18 +9,16 @@ from ofa_el.data.ofa_dataset import decode_image
 from ofa_el.data.snli_ve_dataset import SNLI_VE_CANDIDATES, SnliVeDataset
 from ofa_el.data.text import TextCodec
 from ofa_el.data.tsv import InvalidRowError
-from ofa_el.tools.make_demo_data import DEMO_CLASSES, make_demo_data
+from ofa_el.synthetic.image_classify import DEMO_CLASSES
 
 torch.set_num_threads(1)
 P = 16
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(str(out), seed=0, image_size=32, train_images=4, val_images=2, test_images=2,
-                   refcoco_train_images=0, bpe_vocab_size=300, snli_ve_rows=(9, 6, 6), classify_rows=(6, 4, 4))
-    return out
+def demo(make_demo_set):
+    return make_demo_set(seed=0, image_size=32, train_images=4, val_images=2, test_images=2, refcoco_train_images=0,
+                         bpe_vocab_size=300, snli_ve_rows=(9, 6, 6), classify_rows=(6, 4, 4))
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,15 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, TINY_MODEL
-from ofa_el.tools.make_demo_data import DEMO_CLASSES, make_demo_data
+from ofa_el.synthetic.image_classify import DEMO_CLASSES
 
 SMALL_MODEL = TINY_MODEL + ["--batch-size", "8", "--max-epoch", "1", "--log-interval", "2"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo_data")
-    make_demo_data(str(out), seed=1, train_images=4, val_images=2, test_images=2, refcoco_train_images=0,
-                   snli_ve_rows=(24, 9, 9), classify_rows=(24, 8, 8))
-    return out
+def data(make_demo_set):
+    return make_demo_set(seed=1, train_images=4, val_images=2, test_images=2, refcoco_train_images=0,
+                         snli_ve_rows=(24, 9, 9), classify_rows=(24, 8, 8))
 
 
 def run(args, env=None, timeout=600):

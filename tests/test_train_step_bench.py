@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT
-from ofa_el.tools.launch import load_recipe
+from ofa_el.recipes import load_recipe
 
 SCRIPT = REPO_ROOT / "benchmarks" / "train_step_vs_ofa.py"
 RECIPE_FILES = {"caption": "configs/caption/stage1_ce.yaml", "refcoco": "configs/refcoco/refcoco_ce.yaml"}

@@ -15,18 +15,15 @@ from ofa_el.criterions.adjust_label_smoothed_encouraging_loss import AdjustLabel
 from ofa_el.data.vqa_dataset import VqaRowParser, parse_answers
 from ofa_el.tasks.candidate_task import CandidateTask
 from ofa_el.tools.check_data import main as check_data
-from ofa_el.tools.make_demo_data import make_demo_data
-from ofa_el.tools.make_demo_vqa import ANSWERS, majority_baseline, question_kind, read_rows
+from ofa_el.synthetic.vqa import ANSWERS, majority_baseline, question_kind, read_rows
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    make_demo_data(str(out), seed=0, image_size=32, train_images=4, val_images=2, test_images=2,
-                   refcoco_train_images=2, refcoco_eval_images=2, vqa_train_images=12, vqa_eval_images=4)
-    return out
+def demo(make_demo_set):
+    return make_demo_set(seed=0, image_size=32, train_images=4, val_images=2, test_images=2, refcoco_train_images=2,
+                         refcoco_eval_images=2, vqa_train_images=12, vqa_eval_images=4)
 
 
 def image_b64():
@@ -254,11 +251,11 @@ def test_fairseq_ema_steps_an_ofa_model_and_starts_from_restored_weights(demo):
 # ---------------------------------------------------------------- the recipes
 def test_vqa_recipes_state_ofas_hyper_parameters():
     from conftest import REPO_ROOT
-    from ofa_el.tools.launch import load_recipe
+    from ofa_el.recipes import derived_update_freq, load_recipe
 
     large = load_recipe(REPO_ROOT / "configs" / "vqa" / "vqa_el.yaml")
     args = large["args"]
-    assert large["global_batch_size"] == 512 == 32 * args["batch-size"] * args["update-freq"]
+    assert large["global_batch_size"] == 512 == 32 * args["batch-size"] * derived_update_freq(large, [], 32)
     assert (args["arch"], args["lr"], args["max-update"], args["total-num-update"], args["warmup-updates"]) == (
         "ofa_large", 5e-5, 40000, 40000, 1000)
     assert (args["label-smoothing"], args["encoder-drop-path-rate"], args["decoder-drop-path-rate"]) == (0.1, 0.2, 0.2)

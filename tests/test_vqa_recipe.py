@@ -6,17 +6,14 @@ import json
 import pytest
 
 from conftest import TINY_MODEL, run_script
-from ofa_el.tools.make_demo_data import make_demo_data
-from ofa_el.tools.make_demo_vqa import ANSWERS
+from ofa_el.synthetic.vqa import ANSWERS
 from ofa_el.tools.predict import main as predict
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vqa_data")
-    make_demo_data(str(out), seed=1, train_images=4, val_images=2, test_images=2, refcoco_train_images=2,
-                   refcoco_eval_images=2, vqa_train_images=6, vqa_eval_images=3)
-    return out
+def data(make_demo_set):
+    return make_demo_set(seed=1, train_images=4, val_images=2, test_images=2, refcoco_train_images=2,
+                         refcoco_eval_images=2, vqa_train_images=6, vqa_eval_images=3)
 
 
 def test_vqa_recipe_trains_validates_on_ema_weights_and_evaluates(data, tmp_path):

@@ -36,7 +36,7 @@ from ..data.snli_ve_dataset import SNLI_VE_PATCH_IMAGE_SIZE, SNLI_VE_SELECTED_CO
 from ..data.tsv import InvalidRowError, TsvFile
 from ..data.vqa_dataset import VQA_PATCH_IMAGE_SIZE, VQA_SELECTED_COLS, VqaRowParser
 from ..tasks.vqa_gen import VqaGenConfig
-from .errors import quiet_logs
+from .errors import quiet_logs, run_cli
 
 #: Rows per block handed to a worker: large enough to amortise the hand-over, small enough to
 #: keep every worker busy and the results printed soon after they are known.
@@ -234,23 +234,19 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Check the files; the exit status (0 all rows usable, 1 some bad, 2 usage error)."""
+    """Check the files; the exit status (0 all rows usable, 1 some bad; a usage error: 2, from :func:`run_cli`)."""
     quiet_logs()
     args = parse_args(argv)
     spec = TASKS[args.task]
     started = time.perf_counter()
     files: List[Tuple[TsvFile, RowParser]] = []
     tallies: List[Tally] = []
-    try:  # every usage error before the first row is checked
-        for path in args.files:
-            parser = spec.make_parser(args, args.split or default_split(path))
-            selected_field_columns(args.selected_cols, parser.FIELDS, f"--task {args.task}")
-            indexing = time.perf_counter()
-            files.append((TsvFile(path, args.selected_cols, slice_id=0, slice_count=1), parser))  # one pass
-            tallies.append(Tally(seconds=time.perf_counter() - indexing))
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for path in args.files:  # every usage error before the first row is checked
+        parser = spec.make_parser(args, args.split or default_split(path))
+        selected_field_columns(args.selected_cols, parser.FIELDS, f"--task {args.task}")
+        indexing = time.perf_counter()
+        files.append((TsvFile(path, args.selected_cols, slice_id=0, slice_count=1), parser))  # one pass
+        tallies.append(Tally(seconds=time.perf_counter() - indexing))
 
     with worker_pool(files, args.workers) as pool:  # its start-up counts in the total only
         for file_number, ((tsv, _), tally) in enumerate(zip(files, tallies)):
@@ -273,4 +269,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

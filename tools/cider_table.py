@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..data import caption_references
 from ..data.scoring import SCST_END_TOKEN, document_frequency_of
 from ..data.tsv import parse_selected_cols
-from .errors import UserError, quiet_logs
+from .errors import MissingFileError, UserError, quiet_logs, run_cli
 
 #: OFA's caption TSV columns: uniq-id, image-id, caption, object labels, image (base64).
 DEFAULT_COLUMNS = "1,2"
@@ -58,6 +58,9 @@ def write_pickle(table: dict, output: str) -> None:
         with os.fdopen(descriptor, "wb") as handle:
             pickle.dump(table, handle, protocol=2)
         os.replace(partial, output)
+    except OSError as err:  # a full disk or a lost mount: the user's to fix, the old file kept
+        os.unlink(partial)
+        raise UserError(f"{err} (writing {output}; it is left as it was)") from None
     except BaseException:
         os.unlink(partial)
         raise
@@ -96,24 +99,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "(--scst-cider-cached-tokens) ends hypotheses and references; validation appends nothing")
     args = parser.parse_args(argv)
     quiet_logs()
-    try:
-        columns = parse_columns(args.selected_cols)
-        check_output(args.output)
-        for path in args.tsv:
-            if not os.path.isfile(path):
-                raise UserError(f"file not found: {path}")
-        references = read_references(args.tsv, columns, args.append_eos)
-        reference_count = sum(len(refs) for refs in references.values())
-        table = ofa_cider_table(*document_frequency_of(references.values()))
-        del references
-        write_pickle(table, args.output)
-    except (UserError, ValueError, OSError) as err:  # ValueError: InvalidRowError and TsvFile's checks
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    columns = parse_columns(args.selected_cols)
+    check_output(args.output)
+    for path in args.tsv:
+        if not os.path.isfile(path):
+            raise MissingFileError(f"file not found: {path}")
+    references = read_references(args.tsv, columns, args.append_eos)
+    reference_count = sum(len(refs) for refs in references.values())
+    table = ofa_cider_table(*document_frequency_of(references.values()))
+    del references
+    write_pickle(table, args.output)
     print(f"{table['ref_len']} images, {reference_count} references, {len(table['document_frequency'])} n-grams "
           f"(n = 1..4) -> {args.output}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -15,10 +15,12 @@ import runpy
 import sys
 from typing import Dict, List, Optional
 
-from .errors import EXIT_USER_ERROR, run_cli
+from .errors import EXIT_USER_ERROR
 
 #: ``ofa-el <command>`` -> the module it runs as ``python -m``.
 TOOL_MODULES: Dict[str, str] = {
+    "recipes": "ofa_el.tools.recipes",
+    "cp": "ofa_el.tools.cp",
     "train": "ofa_el.tools.train",
     "launch": "ofa_el.tools.launch",
     "evaluate": "ofa_el.tools.evaluate",
@@ -30,12 +32,8 @@ TOOL_MODULES: Dict[str, str] = {
 }
 
 
-#: ``ofa-el <command>`` -> the function in ofa_el.tools.recipes that it calls.
-RECIPE_COMMANDS: Dict[str, str] = {"recipes": "list_main", "cp": "copy_main"}
-
-
 def usage() -> str:
-    return (__doc__ or "").strip() + "\n\ncommands: " + ", ".join([*RECIPE_COMMANDS, *TOOL_MODULES])
+    return (__doc__ or "").strip() + "\n\ncommands: " + ", ".join(TOOL_MODULES)
 
 
 def run_module(module: str, argv: List[str]) -> int:
@@ -57,14 +55,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else EXIT_USER_ERROR
     name, rest = argv[0], argv[1:]
-    if name in RECIPE_COMMANDS:
-        from . import recipes  # imported only here: ``python -m`` of a tool below must find it unimported
-
-        return run_cli(lambda: getattr(recipes, RECIPE_COMMANDS[name])(rest))
     if name not in TOOL_MODULES:
         import difflib
 
-        commands = [*RECIPE_COMMANDS, *TOOL_MODULES]
+        commands = list(TOOL_MODULES)
         close = difflib.get_close_matches(name, commands, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         print(f"error: unknown command {name!r}{hint}; commands: {', '.join(commands)}", file=sys.stderr)

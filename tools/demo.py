@@ -26,20 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .launch import expand, load_recipe
-from .make_demo_data import (majority_baseline, write_caption_stage2_train, write_image_classify_sets,
-                             write_snli_ve_sets)
-from .make_demo_vqa import majority_baseline as vqa_majority_baseline
-from .make_demo_vqa import write_vqa_sets
+from ..recipes import REPO_ROOT, expand, load_recipe
+from ..script_runner import CommandFailed, run_demo_script
+from ..synthetic.demo_set import make_demo_data
+from ..synthetic.scenes import majority_baseline
+from ..synthetic.vqa import majority_baseline as vqa_majority_baseline
+from .errors import run_cli
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "demo"
 #: Grounding is learnt more slowly than captioning: more rows than the generator's default.
 GROUNDING_TRAIN_ROWS = 4000
@@ -49,8 +46,13 @@ PART_RECIPES = {"caption": "caption/stage1_el.yaml", "caption_stage2": "caption/
                 "refcocoplus": "refcoco/refcocoplus_el.yaml", "refcocog": "refcoco/refcocog_el.yaml",
                 "snli_ve": "snli_ve/snli_ve_el.yaml", "image_classify": "image_classify/imagenet_el.yaml",
                 "vqa": "vqa/vqa_el.yaml"}
-#: Images of the demo's VQA files (three questions each), at the caption images' size.
+#: Images of the demo's VQA files (three questions each), and the side of every caption and VQA image.
 VQA_TRAIN_IMAGES, VQA_EVAL_IMAGES, VQA_IMAGE_SIZE = 1000, 100, 64
+#: Rows of the (train, dev/val, test) files of the fixed-candidate parts.
+SNLI_VE_ROWS, IMAGE_CLASSIFY_ROWS = (3000, 300, 300), (2400, 240, 240)
+#: One file each generator writes: all present means the data set is complete.
+DEMO_DATA_FILES = ("caption_stage2_train.tsv", "refcocog_test.tsv", "bpe/dict.txt", "vqa_test.tsv",
+                   "snli_ve_test.tsv", "image_classify_test.tsv", "class2label_new.pkl")
 #: Updates of the stage-1 model that the stage-2 demo starts from (the full stage 1 leaves SCST little room).
 SHORT_STAGE1_UPDATES = 150
 GROUNDING_SPLITS = {"refcoco": ["val", "testA", "testB"], "refcocoplus": ["val", "testA", "testB"],
@@ -76,22 +78,20 @@ def starts_from(part: str) -> Optional[str]:
 
 def run(script: str, log: Path, env: Dict[str, str], *extra: str) -> None:
     """Run a run_scripts/*.sh in demo mode, its output into ``log``; fail loudly with the log's tail."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = dict(os.environ, DEMO="1", PYTHON=sys.executable, PYTHONUNBUFFERED="1", **env)
-    with open(log, "w") as handle:
-        code = subprocess.call(["sh", str(REPO_ROOT / "run_scripts" / script), *extra], stdout=handle,
-                               stderr=subprocess.STDOUT, env=full_env, cwd=REPO_ROOT)
-    if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        raise SystemExit(f"{script} failed (exit {code}); the end of {log}:\n{tail}")
+    try:
+        run_demo_script(script, env, *extra, log=log, cwd=REPO_ROOT)
+    except CommandFailed as err:
+        raise SystemExit(str(err)) from None
 
 
 def ensure_data() -> None:
-    if (DEMO / "data" / "refcocog_test.tsv").is_file():
+    """The demo data set in demo/data, every part's files (written anew when one is missing)."""
+    if all((DEMO / "data" / name).is_file() for name in DEMO_DATA_FILES):
         return
     print("writing the demo data set to demo/data ...", flush=True)
-    subprocess.check_call([sys.executable, "-m", "ofa_el.tools.make_demo_data", "--out", str(DEMO / "data"),
-                           "--seed", "0", "--refcoco-train-images", str(GROUNDING_TRAIN_ROWS)], cwd=REPO_ROOT)
+    make_demo_data(str(DEMO / "data"), seed=0, refcoco_train_images=GROUNDING_TRAIN_ROWS,
+                   vqa_train_images=VQA_TRAIN_IMAGES, vqa_eval_images=VQA_EVAL_IMAGES, image_size=VQA_IMAGE_SIZE,
+                   snli_ve_rows=SNLI_VE_ROWS, classify_rows=IMAGE_CLASSIFY_ROWS)
 
 
 def caption() -> Dict[str, Dict[str, float]]:
@@ -117,12 +117,9 @@ def caption_test_metrics(checkpoint: Path, results: Path, log: Path) -> Dict[str
 def caption_stage2() -> Dict[str, Dict[str, float]]:
     """Self-critical training from a short stage-1 EL model; both models scored on the test split the same way.
 
-    The full demo stage 1 (test CIDEr ~1.47 on these synthetic captions) leaves little room, so the comparison
-    starts from a stage-1 run of ``SHORT_STAGE1_UPDATES`` updates (trained here when missing), as issue #18 asks
-    rather than claiming a gain that is not there."""
+    The full demo stage 1 leaves self-critical training little room on these synthetic captions, so the comparison
+    starts from a stage-1 run of ``SHORT_STAGE1_UPDATES`` updates (trained here when missing)."""
     start = time.time()
-    if not (DEMO / "data" / "caption_stage2_train.tsv").is_file():  # demo data written before stage 2 existed
-        write_caption_stage2_train(str(DEMO / "data"))
     stage1 = demo_path("caption_stage2", "RESTORE_FILE")
     if not stage1.is_file():
         print(f"caption_stage2: a short stage-1 EL model first ({SHORT_STAGE1_UPDATES} updates) ...", flush=True)
@@ -160,14 +157,11 @@ def grounding(set_name: str) -> Dict[str, Dict[str, Dict[str, float]]]:
     return results
 
 
-#: Per candidate part: its training and evaluation scripts, test file, label column, and the generator that writes
-#: its files (with the command line's default row counts) into demo data written before the part existed.
+#: Per candidate part: its training and evaluation scripts, test file and label column.
 CANDIDATE_PARTS = {
-    "snli_ve": ("snli_ve/train_snli_ve_el.sh", "snli_ve/evaluate_snli_ve.sh", "snli_ve_test.tsv", 5,
-                lambda out: write_snli_ve_sets(out, 0, {"train": 3000, "dev": 300, "test": 300})),
+    "snli_ve": ("snli_ve/train_snli_ve_el.sh", "snli_ve/evaluate_snli_ve.sh", "snli_ve_test.tsv", 5),
     "image_classify": ("image_classify/train_imagenet_el.sh", "image_classify/evaluate_imagenet.sh",
-                       "image_classify_test.tsv", 2,
-                       lambda out: write_image_classify_sets(out, 0, {"train": 2400, "val": 240, "test": 240})),
+                       "image_classify_test.tsv", 2),
 }
 
 
@@ -175,9 +169,7 @@ def candidate_part(part: str) -> Dict[str, Dict[str, float]]:
     """Train a fixed-candidate part with EL, score its test split with every candidate, and compare with always
     answering the test split's commonest label."""
     start = time.time()
-    train_script, eval_script, test_file, label_column, write_sets = CANDIDATE_PARTS[part]
-    if not (DEMO / "data" / test_file).is_file():
-        write_sets(str(DEMO / "data"))
+    train_script, eval_script, test_file, label_column = CANDIDATE_PARTS[part]
     print(f"{part}: training the demo model with EL ({PART_RECIPES[part]}) ...", flush=True)
     run(train_script, DEMO / "logs" / f"{part}_train.log", {})
     results = DEMO / "results" / part
@@ -193,8 +185,6 @@ def vqa() -> Dict[str, float]:
     """VQA with EL from the caption model; test VQA score of both inference types beside the majority baseline."""
     start = time.time()
     data = DEMO / "data"
-    if not (data / "vqa_train.tsv").is_file():  # demo data written before the VQA part existed
-        write_vqa_sets(str(data), 0, VQA_TRAIN_IMAGES, VQA_EVAL_IMAGES, VQA_IMAGE_SIZE)
     print("vqa: training the demo model with EL (configs/vqa/vqa_el.yaml) ...", flush=True)
     run("vqa/train_vqa_el.sh", DEMO / "logs" / "vqa_train.log", {})
     results = {"majority_baseline": vqa_majority_baseline(str(data / "vqa_train.tsv"), str(data / "vqa_test.tsv"))}
@@ -274,4 +264,4 @@ def main(argv: List[str] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -3,8 +3,8 @@
 A bad row, a missing file or a bad option is the user's to fix, and its message already says
 what and where: the entry points print ``error: <message>`` and exit with status 2 instead of a
 Python traceback. The rule is the type: :class:`~ofa_el.errors.UserError` and its family
-(``OptionError``, ``MissingFileError``, ``InvalidDataError``, ``data.tsv.InvalidRowError``, the
-launcher's ``RecipeError``). Any other exception, a ``ValueError`` or an OS "no such file" error the
+(``OptionError``, ``MissingFileError``, ``InvalidDataError``, ``data.tsv.InvalidRowError``,
+``recipes.RecipeError``). Any other exception, a ``ValueError`` or an OS "no such file" error the
 plugin did not check for included, is a bug and keeps its traceback. ``OFA_EL_TRACEBACK=1`` shows the
 traceback of user errors too.
 

@@ -32,8 +32,9 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .. import claim_folder_name
+from ..inference import add_generation_options, generation_args, load_for_inference
+from ..preflight import check_bpe_dir, check_checkpoint_file
 from .errors import UserError, quiet_logs, run_cli
-from .preflight import BPE_FILES, check_bpe_dir, check_checkpoint_file
 
 logger = logging.getLogger("ofa_el.evaluate")
 
@@ -61,102 +62,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def add_generation_options(parser: argparse.ArgumentParser) -> None:
-    """Batching, beam and length options with evaluation's defaults (``tools/predict.py`` takes the same)."""
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--max-len-a", type=float, default=0)
-    parser.add_argument("--max-len-b", type=int, default=None, help="default: 16 for caption, 4 for refcoco")
-    parser.add_argument("--min-len", type=int, default=None, help="default: 1 for caption, 4 for refcoco")
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
-                        help="default: 3 for caption and refcoco, 0 for vqa_gen (OFA's VQA beam search blocks none)")
-    parser.add_argument("--unrestricted-decoding", action="store_true",
-                        help="refcoco: let the decoder emit any token as a coordinate (OFA's behaviour)")
-    parser.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is available")
-
-
-#: Task settings that serve only training or validation, switched off when a checkpoint is evaluated or used for
-#: prediction: their stored values (OFA's relative paths, another machine's files) name nothing that generation reads.
-TRAINING_ONLY_SETTINGS: Dict[str, Any] = {"data": None, "eval_cider": False, "eval_cider_cached_tokens": None,
-                                          "eval_acc": False, "eval_args": "{}"}
-
-
-def ignore_training_settings(path: str, task_cfg) -> Dict[str, Any]:
-    """Overrides for :data:`TRAINING_ONLY_SETTINGS`, logging in one line those the checkpoint had set."""
-    stored = {name: task_cfg.get(name) for name, off in TRAINING_ONLY_SETTINGS.items()
-              if task_cfg.get(name) not in (None, off)}
-    if stored:
-        logger.info("%s: ignoring its stored training/validation settings (not needed here): %s", path,
-                    ", ".join(f"{name}={value!r}" for name, value in stored.items()))
-    return dict(TRAINING_ONLY_SETTINGS)
-
-
-def bpe_dir_for(args: argparse.Namespace, task_cfg) -> str:
-    """``--bpe-dir``, else the checkpoint's own when that folder exists here; checked to hold the BPE files."""
-    if args.bpe_dir is not None:
-        folder, source = args.bpe_dir, f"--bpe-dir {args.bpe_dir}"
-    else:
-        folder, source = task_cfg.get("bpe_dir"), f"{args.path} was trained with --bpe-dir {task_cfg.get('bpe_dir')}"
-        if not folder or not os.path.isdir(folder):
-            raise UserError(f"{source}, which is not a directory here: pass --bpe-dir DIR (encoder.json, vocab.bpe, "
-                            "dict.txt)")
-    if not os.path.isdir(folder):
-        raise UserError(f"{source}: no such directory")
-    missing = [name for name in BPE_FILES if not os.path.isfile(os.path.join(folder, name))]
-    if missing:
-        raise UserError(f"{source}: missing {', '.join(missing)} (a BPE folder holds {', '.join(BPE_FILES)})"
-                        + ("" if args.bpe_dir is not None else "; pass --bpe-dir DIR"))
-    return folder
-
-
-def apply_overrides(state: Dict[str, Any], overrides: Dict[str, Any]) -> None:
-    """What fairseq's ``arg_overrides`` does when it reads the file; done here because the state is read once."""
-    from fairseq.dataclass.utils import overwrite_args_by_name
-
-    if state.get("args") is not None:
-        for name, value in overrides.items():
-            if hasattr(state["args"], name):  # a task's options only: the rest would be unknown to it
-                setattr(state["args"], name, value)
-    overwrite_args_by_name(state["cfg"], overrides)
-
-
 def load(args: argparse.Namespace):
+    """``(model, cfg, task, use_cuda)`` of ``--path``, its task set up for the command's options."""
     from fairseq import checkpoint_utils
 
     state = checkpoint_utils.load_checkpoint_to_cpu(args.path)
     task_cfg = state["cfg"].task
-    first = args.data.split(",")[0]
-    overrides = {**ignore_training_settings(args.path, task_cfg), "data": f"{first},{first}",
-                 "bpe_dir": bpe_dir_for(args, task_cfg)}
+    overrides = {}
     if args.selected_cols:
         overrides["selected_cols"] = args.selected_cols
+    if task_cfg._name == "refcoco":
+        overrides["unrestricted_decoding"] = getattr(args, "unrestricted_decoding", False)
     for name in ("ans2label_file", "valid_batch_size"):  # callers that build their own Namespace may leave them out
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
-    apply_overrides(state, overrides)
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([args.path], state=state)
-    model = models[0]
-    if getattr(args, "ema_eval", False):
-        extra_state = state.get("extra_state") or {}
-        if "ema" not in extra_state:
-            raise UserError(f"--ema-eval: {args.path} holds no EMA weights (train with --store-ema)")
-        model.load_state_dict(extra_state["ema"], strict=True)
     use_cuda = torch.cuda.is_available() and not args.cpu
-    model = (model.cuda() if use_cuda else model).eval()
+    model, cfg, task = load_for_inference(args.path, state, overrides, bpe_dir=args.bpe_dir,
+                                          ema=getattr(args, "ema_eval", False), use_cuda=use_cuda)
     return model, cfg, task, use_cuda
-
-
-def generation_args(args: argparse.Namespace, task_name: str) -> argparse.Namespace:
-    box, vqa = task_name == "refcoco", task_name == "vqa_gen"
-    options = argparse.Namespace(
-        beam=args.beam, max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b if args.max_len_b is not None else (4 if box else 200 if vqa else 16),
-        min_len=args.min_len if args.min_len is not None else (4 if box else 1),
-        no_repeat_ngram_size=args.no_repeat_ngram_size if args.no_repeat_ngram_size is not None else (0 if vqa else 3),
-    )
-    if vqa:  # OFA's evaluate_vqa_beam.sh: --unnormalized --temperature=1.0; the forced prompt counts in max_len_b
-        options.unnormalized, options.temperature = True, 1.0
-    return options
 
 
 def batches(task, path: str, batch_size: int, use_cuda: bool):
@@ -165,10 +88,7 @@ def batches(task, path: str, batch_size: int, use_cuda: bool):
     from fairseq import utils
     from tqdm import tqdm
 
-    split = "test"
-    task.cfg.data = f"{path},{path}"
-    task.load_dataset(split)
-    dataset = task.dataset(split)
+    dataset = task.build_dataset(path, "test")
     iterator = task.get_batch_iterator(dataset, max_sentences=batch_size).next_epoch_itr(shuffle=False)
     interactive = sys.stderr.isatty()
     with tqdm(total=len(dataset), desc=split_name(path), unit=" items", file=sys.stderr, dynamic_ncols=interactive,
@@ -205,7 +125,6 @@ def evaluate_caption(args, path, model, task, use_cuda) -> Dict[str, float]:
 def evaluate_refcoco(args, path, model, task, use_cuda) -> Dict[str, float]:
     from ..data.scoring import grounding_metrics
 
-    task.cfg.unrestricted_decoding = args.unrestricted_decoding
     generator, decoding_model = task.box_generator(model, generation_args(args, "refcoco"))
     predictions, records = [], []
     for sample in batches(task, path, args.batch_size, use_cuda):
@@ -230,6 +149,8 @@ def evaluate_candidates(args, path, model, task, use_cuda) -> Dict[str, float]:
                             for uniq_id, answer in zip(sample["id"], answers)]
     write_json(args, path, predictions)
     return {"accuracy": total / max(1, len(predictions)), "n": len(predictions)}
+
+
 def evaluate_vqa(args, path, model, task, use_cuda) -> Dict[str, float]:
     """``<split>_predict.json`` as ``[{"question_id": int, "answer": str}]`` (the VQA server's format) and the
     VQA score against the split's answers column (meaningless for a test file whose answers are placeholders)."""

@@ -18,6 +18,7 @@ import torch
 
 from ..losses.terms import EncouragingBonus, LabelSmoothedCE, encouraging_bonus
 from ..losses.token_loss import token_losses
+from .errors import run_cli
 
 LOG_ENDS = (0.5, 0.75, 1.0)
 VOCAB = 10
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -26,22 +26,20 @@ Any image PIL reads works (JPEG, PNG, greyscale, RGBA, palette: converted to RGB
 Generation uses evaluation's options and defaults (beam 5; caption: max-len-b 16, min-len 1;
 boxes: exactly 4 tokens, restricted to bin tokens unless ``--unrestricted-decoding``).
 
-The images are preprocessed by the task's own dataset, exactly as ``tools/evaluate.py`` reads a
-TSV: each image becomes one row of a temporary TSV file (the image base64-encoded, ``--text`` as
-the expression, a placeholder caption or box as the unused target), so the prompt, the image
-transform, the patch size from the checkpoint's task config and the resize ratios that map bins
-back to pixels are the ones training and evaluation use.
+The images are preprocessed by the task's own dataset, as ``tools/evaluate.py`` reads a TSV: each
+image, decoded once, becomes one row held in memory (``--text`` as the expression, a placeholder
+caption or box as the unused target), so the prompt, the image transform, the patch size from the
+checkpoint's task config and the resize ratios that map bins back to pixels are the ones training
+and evaluation use. A row the dataset rejects is reported as ``<predict input N: photo.jpg>: reason``.
 """
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import math
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -50,17 +48,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from .. import claim_folder_name
+from ..data.rows import MemoryRows
+from ..inference import add_generation_options, generation_args, load_for_inference
 from .errors import UserError, quiet_logs, run_cli
-from .evaluate import add_generation_options, apply_overrides, bpe_dir_for, generation_args, ignore_training_settings
 
 TASKS = ("caption", "refcoco", "vqa_gen", "snli_ve", "image_classify")
 #: Tasks whose answer is one of a fixed set, predicted by scoring every candidate.
 CANDIDATE_TASKS = ("snli_ve", "image_classify")
 #: The caption column of a caption row; evaluation rows need a non-empty one, generation never reads it.
 PLACEHOLDER_CAPTION = "unused"
-#: The column layout of the temporary TSV: the tasks' own field order.
-SELECTED_COLS = {"caption": "0,1,2", "refcoco": "0,1,2,3", "vqa_gen": "0,1,2,3,4", "snli_ve": "0,1,2,3,4",
-                 "image_classify": "0,1"}
 #: The label column of an snli_ve row (a placeholder: predictions never read it).
 PLACEHOLDER_LABEL = "entailment"
 BOX_COLOUR = (255, 0, 0)
@@ -68,11 +64,10 @@ BOX_COLOUR = (255, 0, 0)
 
 @dataclass
 class InputImage:
-    """An image file as the user named it, checked readable, with its base64 TSV field."""
+    """An image file as the user named it, decoded."""
 
     path: str
     image: Image.Image
-    field: str
     result: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,7 +99,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def read_images(paths: Sequence[str]) -> List[InputImage]:
     """Every image read and decoded up front, so that a bad file stops the run before the model loads."""
-    from ..data.ofa_dataset import decode_image
+    from ..data.ofa_dataset import image_from_bytes
 
     images = []
     for path in paths:
@@ -114,12 +109,11 @@ def read_images(paths: Sequence[str]) -> List[InputImage]:
             data = Path(path).read_bytes()
         except OSError as err:
             raise UserError(f"cannot read image {path}: {err.strerror}") from None
-        field_text = base64.b64encode(data).decode("ascii")
         try:
-            image = decode_image(field_text)
+            image = image_from_bytes(data)
         except ValueError as err:
             raise UserError(f"{path}: {err}") from None
-        images.append(InputImage(path, image, field_text))
+        images.append(InputImage(path, image))
     return images
 
 
@@ -216,47 +210,40 @@ def question_text(question: str, task_cfg) -> str:
     return one_line
 
 
-def write_rows(tsv: Path, task_name: str, images: Sequence[InputImage], text: Optional[str],
-               caption: Optional[str] = None, placeholder_answer: Optional[str] = None) -> None:
+def input_rows(task_name: str, images: Sequence[InputImage], text: Optional[str], caption: Optional[str] = None,
+               placeholder_answer: Optional[str] = None) -> MemoryRows:
     """One row per image in the task's field order; the unused target is a placeholder the row checks accept
     (for refcoco a 1x1 box in the corner: inside any image, and within the bins whatever the image size; for
     vqa_gen and image_classify one of the checkpoint's candidates: image_classify's ids are row positions, the
     others' the first column)."""
-    with open(tsv, "w", encoding="utf-8", newline="\n") as out:
-        for index, item in enumerate(images):
-            if task_name == "caption":
-                fields = [str(index), item.field, PLACEHOLDER_CAPTION]
-            elif task_name == "vqa_gen":
-                fields = [str(index), item.field, text, f"1.0|!+{placeholder_answer}", ""]
-            elif task_name == "snli_ve":
-                fields = [str(index), item.field, text, caption or PLACEHOLDER_CAPTION, PLACEHOLDER_LABEL]
-            elif task_name == "image_classify":
-                fields = [item.field, placeholder_answer]
-            else:
-                fields = [str(index), item.field, text, "0,0,1,1"]
-            out.write("\t".join(fields) + "\n")
+    rows = []
+    for index, item in enumerate(images):
+        if task_name == "caption":
+            rows.append((str(index), item.image, PLACEHOLDER_CAPTION))
+        elif task_name == "vqa_gen":
+            rows.append((str(index), item.image, text, f"1.0|!+{placeholder_answer}", ""))
+        elif task_name == "snli_ve":
+            rows.append((str(index), item.image, text, caption or PLACEHOLDER_CAPTION, PLACEHOLDER_LABEL))
+        elif task_name == "image_classify":
+            rows.append((item.image, placeholder_answer))
+        else:
+            rows.append((str(index), item.image, text, "0,0,1,1"))
+    names = [f"<predict input {index}: {item.path}>" for index, item in enumerate(images, 1)]
+    return MemoryRows(rows, names, path="<predict inputs>")
 
 
 def image_batches(task, task_name: str, images: Sequence[InputImage], text_field: Optional[str], batch_size: int,
                   use_cuda: bool, caption_field: Optional[str] = None) -> Iterator[Dict[str, Any]]:
-    """The images as the task's dataset reads them from a TSV, collated as evaluation collates them; a row the
-    dataset rejects is reported with its image file."""
+    """The images through the task's own dataset, collated as evaluation collates a TSV's rows."""
     from fairseq import utils
 
-    from ..data.tsv import InvalidRowError
-
-    with tempfile.TemporaryDirectory(prefix="ofa_el_predict_") as folder:
-        tsv = Path(folder) / "images.tsv"
-        candidates = getattr(task, "candidates", None)
-        write_rows(tsv, task_name, images, text_field, caption=caption_field,
-                   placeholder_answer=candidates.answers[0] if candidates is not None else None)
-        try:
-            dataset = task.build_dataset(str(tsv), "test")
-            for sample in task.get_batch_iterator(dataset, max_sentences=batch_size).next_epoch_itr(shuffle=False):
-                if sample:
-                    yield utils.move_to_cuda(sample) if use_cuda else sample
-        except InvalidRowError as err:  # checked above already; name the image, not the temporary file
-            raise UserError(f"{images[err.row - 1].path}: {err.reason}") from None
+    candidates = getattr(task, "candidates", None)
+    rows = input_rows(task_name, images, text_field, caption=caption_field,
+                      placeholder_answer=candidates.answers[0] if candidates is not None else None)
+    dataset = task.build_dataset(rows, "test")
+    for sample in task.get_batch_iterator(dataset, max_sentences=batch_size).next_epoch_itr(shuffle=False):
+        if sample:
+            yield utils.move_to_cuda(sample) if use_cuda else sample
 
 
 def predict(args: argparse.Namespace, task_name: str, model, task, images: List[InputImage], text_field: Optional[str],
@@ -274,7 +261,6 @@ def predict(args: argparse.Namespace, task_name: str, model, task, images: List[
                         item.result["text"] = args.text
         return
     if task_name == "refcoco":
-        task.cfg.unrestricted_decoding = args.unrestricted_decoding
         generator, decoding_model = task.box_generator(model, generation_args(args, task_name))
     elif task_name == "vqa_gen":
         inference = args.inference_type or ("allcand" if task.candidates is not None else "beamsearch")
@@ -299,22 +285,15 @@ def predict(args: argparse.Namespace, task_name: str, model, task, images: List[
 
 
 def load_model(args: argparse.Namespace, state: Dict[str, Any], use_cuda: bool):
-    """The model in eval mode and its task, set up to read rows written by :func:`write_rows`."""
-    from fairseq import checkpoint_utils
-
+    """The model in eval mode and its task, set up to read the rows of :func:`input_rows`."""
     task_cfg = state["cfg"].task
-    overrides = {**ignore_training_settings(args.path, task_cfg), "bpe_dir": bpe_dir_for(args, task_cfg),
-                 "selected_cols": SELECTED_COLS[task_cfg._name], "skip_invalid_rows": False}
+    overrides: Dict[str, Any] = {"skip_invalid_rows": False}
+    if task_cfg._name == "refcoco":
+        overrides["unrestricted_decoding"] = args.unrestricted_decoding
     if args.ans2label_file is not None:
         overrides["ans2label_file"] = args.ans2label_file
-    apply_overrides(state, overrides)
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.path], state=state)
-    if args.ema_eval:
-        ema = (state.get("extra_state") or {}).get("ema")
-        if ema is None:
-            raise UserError(f"--ema-eval: {args.path} holds no EMA weights (train with --store-ema)")
-        models[0].load_state_dict(ema, strict=True)
-    model = (models[0].cuda() if use_cuda else models[0]).eval()
+    model, _, task = load_for_inference(args.path, state, overrides, bpe_dir=args.bpe_dir, ema=args.ema_eval,
+                                        use_cuda=use_cuda)
     return model, task
 
 

@@ -11,6 +11,8 @@ import random
 from pathlib import Path
 from typing import Dict
 
+from .errors import run_cli
+
 SPLITS = {"train": 2000, "valid": 100, "test": 100}
 
 
@@ -55,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -22,20 +22,8 @@ import os
 import sys
 from typing import List, Optional
 
+from ..flags import DEFAULT_RESTORE, flag_given, flag_value, with_user_dir, without_flag
 from .errors import MissingFileError, OptionError, quiet_logs, run_cli
-
-PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def with_user_dir(argv: List[str]) -> List[str]:
-    """Add ``--user-dir <plugin>`` unless given, so the saved config records where the plugin lives."""
-    if any(arg == "--user-dir" or arg.startswith("--user-dir=") for arg in argv):
-        return argv
-    return argv + [f"--user-dir={PLUGIN_DIR}"]
-
-
-def flag_given(argv: List[str], flag: str) -> bool:
-    return any(arg == flag or arg.startswith(flag + "=") for arg in argv)
 
 
 def with_cpu_torchrun(argv: List[str], env=os.environ) -> List[str]:
@@ -55,30 +43,6 @@ def with_cpu_torchrun(argv: List[str], env=os.environ) -> List[str]:
 
 
 RESET_FLAGS = ("--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler")
-DEFAULT_RESTORE = "checkpoint_last.pt"
-
-
-def flag_value(argv: List[str], flag: str) -> Optional[str]:
-    """The last value given to ``flag`` (``--flag=v`` or ``--flag v``), as argparse would keep it."""
-    found = None
-    for i, arg in enumerate(argv):
-        if arg.startswith(flag + "="):
-            found = arg.split("=", 1)[1]
-        elif arg == flag and i + 1 < len(argv):
-            found = argv[i + 1]
-    return found
-
-
-def _without(argv: List[str], flag: str, takes_value: bool) -> List[str]:
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == flag:
-            skip = takes_value
-        elif not arg.startswith(flag + "="):
-            out.append(arg)
-    return out
 
 
 class MissingRestoreFileError(MissingFileError):
@@ -95,9 +59,9 @@ def resume_or_restore(argv: List[str], log=print) -> List[str]:
     if os.path.isfile(last):
         log(f"ofa_el: {last} exists: resuming from it (--restore-file {restore} and --reset-* "
             "apply to the first launch only)")
-        argv = _without(argv, "--restore-file", takes_value=True)
+        argv = without_flag(argv, "--restore-file", takes_value=True)
         for flag in RESET_FLAGS:
-            argv = _without(argv, flag, takes_value=False)
+            argv = without_flag(argv, flag, takes_value=False)
         return argv
     if not os.path.isfile(restore):
         raise MissingRestoreFileError(f"--restore-file {restore}: no such file (stock fairseq would silently "
@@ -158,7 +122,7 @@ def check_arguments(argv: List[str]) -> None:
     _registered(TASK_REGISTRY, "--task", flag_value(argv, "--task"))
     _registered(ARCH_MODEL_REGISTRY, "--arch", flag_value(argv, "--arch"))
     args = parse_quietly(lambda: options.parse_args_and_arch(options.get_training_parser(), input_args=argv))
-    from .preflight import check_bpe_dir, check_data_files
+    from ..preflight import check_bpe_dir, check_data_files
 
     if getattr(args, "data", None):
         check_data_files(args.data)

@@ -20,7 +20,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Dict, List, Sequence, Tuple
 
-from .make_demo_data import COLOURS, SHAPES, Shape, place_shapes, position_phrase, render, write_tsv
+from .scenes import COLOURS, SHAPES, Shape, place_shapes, position_phrase, render, write_tsv
 
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 COUNTS = ("one", "two", "three")

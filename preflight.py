@@ -2,7 +2,7 @@
 
 A missing BPE folder or data file found by fairseq comes after the model is built (on 8 GPUs, after eight
 ``ofa_large`` builds) or after pages of config; these checks read only paths, a checkpoint's first bytes and
-the config stored in a checkpoint, and raise a :class:`~ofa_el.tools.errors.UserError` naming the file and
+the config stored in a checkpoint, and raise a :class:`~ofa_el.errors.UserError` naming the file and
 how to point at the right one.
 
 A save dir whose ``checkpoint_last.pt`` exists is resumed by the training entry point. When that checkpoint
@@ -17,8 +17,8 @@ import warnings
 import zipfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from .flags import DEFAULT_RESTORE, flag_given, flag_value, with_user_dir
 from .errors import MissingFileError, UserError
-from .train import DEFAULT_RESTORE, flag_given, flag_value, with_user_dir
 
 #: What an OFA BPE folder holds (GPT-2's BPE and OFA's dictionary): OFA's repository has it as utils/BPE.
 BPE_FILES = ("encoder.json", "vocab.bpe", "dict.txt")
@@ -48,16 +48,17 @@ def check_data_files(data: str, fix: str = "") -> None:
             raise MissingFileError(f"data file not found: {path}{fix}")
 
 
-def check_bpe_dir(bpe_dir: Optional[str], fix: str = "") -> None:
-    """``--bpe-dir`` is a folder with GPT-2's BPE files and OFA's dict.txt."""
+def check_bpe_dir(bpe_dir: Optional[str], fix: str = "", named: Optional[str] = None) -> None:
+    """``--bpe-dir`` is a folder with GPT-2's BPE files and OFA's dict.txt (``named``: how the message names it,
+    ``--bpe-dir <folder>`` by default)."""
     if not bpe_dir:
         raise UserError(f"--bpe-dir: required (a folder with {', '.join(BPE_FILES)}: OFA's utils/BPE){fix}")
+    named = named or f"--bpe-dir {bpe_dir}"
     if not os.path.isdir(bpe_dir):
-        raise MissingFileError(f"--bpe-dir {bpe_dir}: no such folder (it holds {', '.join(BPE_FILES)}: OFA's "
-                               f"utils/BPE){fix}")
+        raise MissingFileError(f"{named}: no such folder (it holds {', '.join(BPE_FILES)}: OFA's utils/BPE){fix}")
     missing = [name for name in BPE_FILES if not os.path.isfile(os.path.join(bpe_dir, name))]
     if missing:
-        raise MissingFileError(f"--bpe-dir {bpe_dir}: {', '.join(missing)} missing (the folder needs "
+        raise MissingFileError(f"{named}: {', '.join(missing)} missing (the folder needs "
                                f"{', '.join(BPE_FILES)}: OFA's utils/BPE){fix}")
 
 
@@ -156,7 +157,7 @@ def stored_training_config(path: str) -> Dict[str, Any]:
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from omegaconf import OmegaConf
 
-    from ..checkpoint_safety import guard_loader
+    from .checkpoint_safety import guard_loader
 
     def read(checkpoint: str) -> Dict[str, Any]:
         return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(checkpoint))
