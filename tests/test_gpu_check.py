@@ -56,7 +56,6 @@ def test_smoke_run_writes_every_part_with_sane_values(demo_data, tmp_path, subpr
     out = tmp_path / "gpu_check.json"
     proc, seconds = run_check(["--smoke", "--out", str(out), "--data-dir", str(demo_data)], subprocess_env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert seconds < 60, f"the smoke run took {seconds:.0f} s"
     report = json.loads(out.read_text())
 
     assert report["smoke"] is True and report["device"] == "cpu"
