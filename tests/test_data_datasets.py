@@ -373,6 +373,9 @@ class _Rows:
     def row_number(index):
         return index + 1
 
+    def row_error(self, index, reason):
+        return InvalidRowError(self.path, self.row_number(index), reason)
+
 
 class _Parser:
     def __init__(self, error):
