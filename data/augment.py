@@ -428,6 +428,8 @@ def _pil_stages(patch_image_size: int, mean: Sequence[float], std: Sequence[floa
             lambda image: normalized_tensor(image, mean, std), RandomErasing(OFA_ERASE_PROB, mode="pixel")]
 
 
+#: ``--train-augmentation`` choices: OFA's pipeline, or none (training images resized as in evaluation).
+TRAIN_AUGMENTATIONS = ("ofa", "none")
 #: ``--augmentation-backend`` choices.
 AUGMENTATION_BACKENDS = ("auto", "timm", "pil")
 

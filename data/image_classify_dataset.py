@@ -9,8 +9,9 @@ from typing import Any, ClassVar, Dict, FrozenSet, Sequence, Tuple, Union
 
 from PIL import Image
 
-from ..errors import InvalidDataError
-from .augment import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_train_transform, eval_transform
+from ..errors import InvalidDataError, OptionError
+from .augment import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, TRAIN_AUGMENTATIONS, build_train_transform,
+                      eval_transform)
 from .candidate_dataset import CandidateDataset
 from .candidates import CandidateSet
 from .ofa_dataset import IMAGE_MEAN, IMAGE_STD, RowParser
@@ -67,7 +68,7 @@ class ImageClassifyDataset(CandidateDataset):
     """Rows ``(image, class name)``; the target is the class name after ``[bos]``, masked by the class trie.
 
     Training images go through OFA's augmentation (:mod:`.augment`: timm's where it imports, else the same
-    policy on PIL); other splits are only resized. Normalisation is OFA's [-1, 1] unless
+    policy on PIL) unless ``train_augmentation`` is ``none``; other splits are only resized. Normalisation is OFA's [-1, 1] unless
     ``imagenet_default_mean_and_std`` (OFA's ImageNet script sets it). A sample's id is the row's 0-based
     position in the file: OFA's id on one process, and unlike OFA's (the index within a rank's shard) unique
     across ranks.
@@ -79,16 +80,22 @@ class ImageClassifyDataset(CandidateDataset):
     def __init__(self, path: str, split: str, codec: TextCodec, candidates: CandidateSet,
                  selected_cols: Union[None, str, Sequence[int]] = None,
                  patch_image_size: int = IMAGE_CLASSIFY_PATCH_IMAGE_SIZE, imagenet_default_mean_and_std: bool = False,
-                 augmentation_backend: str = "auto", classes_source: str = "--ans2label-file", **kwargs):
+                 augmentation_backend: str = "auto", train_augmentation: str = "ofa",
+                 classes_source: str = "--ans2label-file", **kwargs):
+        if train_augmentation not in TRAIN_AUGMENTATIONS:
+            raise OptionError(f"--train-augmentation {train_augmentation!r}: expected one of "
+                             f"{', '.join(TRAIN_AUGMENTATIONS)}")
         parser = ImageClassifyRowParser(patch_image_size, classes=candidates.answers, classes_source=classes_source)
         super().__init__(path, split, codec, selected_cols, parser,
                          candidates=candidates, prompt_type="none", **kwargs)
         self.mean, self.std = ((IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD) if imagenet_default_mean_and_std
                                else (IMAGE_MEAN, IMAGE_STD))
         self.train_transform = None
-        if split == "train":
+        if split == "train" and train_augmentation == "ofa":
             self.train_transform = build_train_transform(patch_image_size, self.mean, self.std, augmentation_backend)
             logger.info("train split: OFA's random augmentation with %s", self.train_transform.backend)
+        elif split == "train":
+            logger.info("train split: no augmentation (--train-augmentation none): images resized as in evaluation")
         self.source = self.encode_source(IMAGE_CLASSIFY_PROMPT)
 
     def build_sample(self, index: int, fields: Dict[str, str]) -> Dict[str, Any]:

@@ -10,7 +10,7 @@ small model can learn it. One module per task writes its files, named like OFA's
   vqa             vqa_{train,val,test}.tsv and trainval_ans2label.pkl
   snli_ve         snli_ve_{train,dev,test}.tsv: uniq-id, image-id, base64 JPEG, hypothesis, caption, label
   image_classify  image_classify_{train,val,test}.tsv (base64 JPEG, label index, class name) and
-                  class2label_new.pkl for 24 colour-shape classes
+                  class2label_new.pkl for 4 shape classes (each shape in any colour)
   bpe             bpe/encoder.json, bpe/vocab.bpe, bpe/dict.txt: a byte-level BPE readable by fairseq's GPT2BPE
 
 :func:`.demo_set.make_demo_data` writes the whole set; ``python -m ofa_el.tools.make_demo_data`` is its command.

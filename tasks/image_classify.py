@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
-from ..data.augment import AUGMENTATION_BACKENDS
+from ..data.augment import AUGMENTATION_BACKENDS, TRAIN_AUGMENTATIONS
 from ..data.image_classify_dataset import ImageClassifyDataset
 from ..errors import OptionError
 from .candidate_task import CandidateTask, CandidateTaskConfig
@@ -26,6 +26,9 @@ class ImageClassifyConfig(CandidateTaskConfig):
     augmentation_backend: ChoiceEnum(list(AUGMENTATION_BACKENDS)) = field(default="auto", metadata={
         "help": "training augmentation: timm's create_transform (timm), this plugin's PIL implementation of the "
                 "same policy (pil), or timm where it imports (auto)"})
+    train_augmentation: ChoiceEnum(list(TRAIN_AUGMENTATIONS)) = field(default="ofa", metadata={
+        "help": "training images: OFA's random augmentation (ofa), or resized as in evaluation (none: for a short "
+                "run on small images, as the synthetic demo's, where its crops and erasing often lose the object)"})
 
 
 @register_task("image_classify", dataclass=ImageClassifyConfig)
@@ -43,4 +46,5 @@ class ImageClassifyTask(CandidateTask):
         return ImageClassifyDataset(path, split, self.codec, imagenet_default_mean_and_std=
                                     self.cfg.imagenet_default_mean_and_std,
                                     augmentation_backend=str(self.cfg.augmentation_backend),
+                                    train_augmentation=str(self.cfg.train_augmentation),
                                     classes_source=self.cfg.ans2label_file, **self.dataset_options(split))

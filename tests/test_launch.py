@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from ofa_el.recipes import REPO_ROOT, RecipeError, derived_update_freq, load_recipe
-from ofa_el.tools.launch import command, main
+from ofa_el.tools.launch import augmentation_line, command, main
 
 
 @pytest.fixture
@@ -355,3 +355,9 @@ def test_grounding_recipes_read_ofas_per_set_folders(name):
     assert cmd[3] == f"{data}/{set_name}_train.tsv,{data}/{set_name}_val.tsv"
     demo = command(load_recipe(REPO_ROOT / "configs" / "refcoco" / f"{name}.yaml", demo=True), {}, [])
     assert demo[3].startswith(f"{REPO_ROOT}/demo/data/{set_name}_train.tsv")
+
+
+def test_augmentation_line_says_when_training_images_are_not_augmented():
+    assert augmentation_line(["--train-augmentation", "none"]) == "image augmentation: none (--train-augmentation none)"
+    assert augmentation_line(["--train-augmentation=none", "--augmentation-backend", "pil",
+                              "--train-augmentation", "ofa"]) == "image augmentation (pil): pil"

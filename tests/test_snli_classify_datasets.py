@@ -99,3 +99,26 @@ def test_classify_training_images_are_augmented(demo, codec):
     draws = [dataset[0]["patch_image"] for _ in range(4)]
     assert all(d.shape == (3, P, P) for d in draws)
     assert len({tuple(d.flatten().tolist()) for d in draws}) > 1  # random crops, flips, ops
+
+
+def test_classify_training_without_augmentation_is_the_eval_transform(demo, codec):
+    dataset = classify_dataset(demo, codec, "train", "image_classify_train.tsv", train_augmentation="none",
+                               imagenet_default_mean_and_std=True)
+    assert dataset.train_transform is None
+    expected = eval_transform(decode_image(rows(demo / "image_classify_train.tsv")[0][0]), P, IMAGENET_DEFAULT_MEAN,
+                              IMAGENET_DEFAULT_STD)
+    assert all(torch.equal(dataset[0]["patch_image"], expected) for _ in range(3))
+
+
+def test_classify_unknown_train_augmentation_names_the_option(demo, codec):
+    with pytest.raises(ValueError, match=r"--train-augmentation 'colour': expected one of ofa, none"):
+        classify_dataset(demo, codec, "train", "image_classify_train.tsv", train_augmentation="colour")
+
+
+def test_imagenet_recipes_keep_ofa_augmentation_and_only_the_demo_turns_it_off():
+    from ofa_el.recipes import REPO_ROOT, load_recipe
+
+    for name in ("imagenet_ce.yaml", "imagenet_el.yaml"):
+        path = REPO_ROOT / "configs" / "image_classify" / name
+        assert "train-augmentation" not in load_recipe(path)["args"]
+        assert load_recipe(path, demo=True)["args"]["train-augmentation"] == "none"

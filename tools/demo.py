@@ -13,7 +13,7 @@
    training from a short, 150-update stage-1 EL model) and reports the test metrics of both stages.
 5. ``--all`` also runs SNLI-VE (``configs/snli_ve/snli_ve_el.yaml``: statements about the shapes that the
    image entails, contradicts or leaves open) and image classification
-   (``configs/image_classify/imagenet_el.yaml``: 24 colour-shape classes, OFA's training augmentation), both
+   (``configs/image_classify/imagenet_el.yaml``: 4 shape classes in any colour, trained unaugmented), both
    from the caption model, and prints their test accuracy beside the majority-class baseline.
 6. ``--all`` also runs vqa (``configs/vqa/vqa_el.yaml``: synthetic questions about the shape images, finetuned
    from the caption model) and reports the test VQA score of all-candidate and beam-search inference beside

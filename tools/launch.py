@@ -137,6 +137,8 @@ def augmentation_line(argv: List[str]) -> str:
     """Which implementation of OFA's training augmentation the run will use (timm's, or ofa_el's on PIL)."""
     from ..data.augment import describe_augmentation_backend
 
+    if flag_value(argv, "--train-augmentation") == "none":
+        return "image augmentation: none (--train-augmentation none)"
     backend = flag_value(argv, "--augmentation-backend") or "auto"
     return f"image augmentation ({backend}): " + (describe_augmentation_backend() if backend == "auto" else backend)
 
