@@ -25,7 +25,7 @@ run goes on; the exit status is 1 if any part failed). The JSON (--out) is rewri
   precision.py), interleaved on the same batches: median step time, peak memory, fp16 overflow steps,
   NaN losses and the loss scale; refused with the GPU's name where it has no bfloat16.
 
---smoke uses the recipes' demo blocks (ofa_tiny at 64 px), small logits, 3 steps and 4 items per task, on CPU
+--smoke uses the recipes' demo blocks (ofa_demo at 64 px), small logits, 3 steps and 4 items per task, on CPU
 in float32 (precision compares float32 with bfloat16 there, train_step runs ofa_tiny at 64 px); the JSON has
 the same keys, with "smoke": true and "device": "cpu", and goes to the temp folder (ofa_el_gpu_check_smoke.json)
 unless --out says where: results/gpu_check.json is for GPU runs only.

@@ -88,7 +88,7 @@ def test_smoke_run_writes_every_part_with_sane_values(demo_data, tmp_path, subpr
         assert targets[key]["met"] is (measured <= targets[key]["limit"])
 
     e2e = report["end_to_end"]
-    assert (e2e["arch"], e2e["patch_image_size"], e2e["batch_size"], e2e["fp16"]) == ("ofa_tiny", 64, 8, False)
+    assert (e2e["arch"], e2e["patch_image_size"], e2e["batch_size"], e2e["fp16"]) == ("ofa_demo", 64, 8, False)
     assert e2e["steps"] == 3 and e2e["warmup_steps"] == 1
     assert all(positive(e2e[key][name]) for key in ("seconds_per_step", "samples_per_s", "peak_memory_gib")
                for name in ("ce", "el"))
