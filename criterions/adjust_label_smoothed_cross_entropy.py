@@ -53,6 +53,11 @@ class AdjustLabelSmoothedCrossEntropyConfig(FairseqDataclass):
         default=None, metadata={"help": "'start,end': restrict the softmax to the 4 specials and ids [start, end)"})
     loss_impl: ChoiceEnum(["fused", "reference"]) = field(
         default="fused", metadata={"help": "fused: closed-form gradient, CE's memory; reference: plain autograd"})
+    conf_weighting: ChoiceEnum(["loss", "log-prob"]) = field(
+        default="loss", metadata={"help": "how a sample's conf (vqa_gen's answer confidence) weights it: loss "
+                                          "multiplies every term of its tokens by conf; log-prob multiplies the "
+                                          "log-probabilities by conf before the terms, as OFA does (the same CE; "
+                                          "EL's bonus becomes log(1 - p^conf)); log-prob runs the reference path"})
 
 
 def parse_constraint_range(value: Optional[str], vocab_size: Optional[int] = None) -> Optional[Tuple[int, int]]:
@@ -109,6 +114,9 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         loss_impl = str(cfg.loss_impl)
         if loss_impl not in ("fused", "reference"):
             raise OptionError(f"--loss-impl: expected 'fused' or 'reference', got {loss_impl!r}")
+        self.conf_weighting = str(cfg.conf_weighting)
+        if self.conf_weighting not in ("loss", "log-prob"):
+            raise OptionError(f"--conf-weighting: expected 'loss' or 'log-prob', got {self.conf_weighting!r}")
         if not 0.0 <= cfg.label_smoothing < 1.0:
             raise OptionError(f"--label-smoothing: must lie in [0, 1), got {cfg.label_smoothing}")
         for name in ("drop_worst_ratio", "drop_best_ratio"):
@@ -252,13 +260,19 @@ class AdjustLabelSmoothedCrossEntropyCriterion(FairseqCriterion):
         terms = self.terms_at(update_num, model.training)
         options = dict(weights=weights, support=support, drop_worst_ratio=worst, drop_best_ratio=best,
                        rdrop_alpha=self.reg_alpha if self.use_rdrop else None, reduce=reduce)
-        if self.loss_impl == "fused":
+        scale_log_probs = weights is not None and self.conf_weighting == "log-prob"
+        if self.loss_impl == "fused" and not scale_log_probs:
             out: TokenLossOutput = fused_token_losses(logits, target, terms, rows=positions, **options)
         else:
             scored = logits.index_select(0, positions).float()
             if support is not None:
                 scored = scored.masked_fill(~support, float("-inf"))
-            out = token_losses(torch.log_softmax(scored, dim=-1), target, terms, **options)
+            lprobs = torch.log_softmax(scored, dim=-1)
+            if scale_log_probs:  # OFA's rule: every term sees conf * log p (p^conf as its probability)
+                lprobs = lprobs * options.pop("weights")[:, None]
+                if support is not None:  # -inf * conf stays -inf, but keep it so for conf 0 too
+                    lprobs = lprobs.masked_fill(~support, float("-inf"))
+            out = token_losses(lprobs, target, terms, **options)
         loss, nll_loss = out.loss, out.nll_loss
         if not reduce:  # per target position, 0 for padding / ignored / dropped tokens
             loss = loss.new_zeros(shape.numel()).index_copy(0, positions, loss).view(shape)

@@ -12,7 +12,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
 from ..data.candidate_dataset import PROMPT_TYPES
-from ..data.vqa_dataset import VQA_SELECTED_COLS, VqaDataset
+from ..data.vqa_dataset import VqaDataset
 from .candidate_task import CandidateTask, CandidateTaskConfig
 
 #: OFA's ``vqa_gen`` validation decoding (its ``--eval-args`` default).
@@ -43,7 +43,6 @@ class VqaGenTask(CandidateTask):
 
     def build_dataset(self, path: str, split: str):
         options = self.dataset_options(split)
-        options["selected_cols"] = options["selected_cols"] or VQA_SELECTED_COLS
         return VqaDataset(path, split, self.codec, max_src_length=self.cfg.max_src_length,
                           max_object_length=self.cfg.max_object_length, max_tgt_length=self.cfg.max_tgt_length,
                           add_object=self.cfg.add_object, prompt_type=str(self.cfg.prompt_type), **options)

@@ -145,6 +145,51 @@ def test_conf_weights_ce_and_the_el_bonus_alike(demo):
     torch.testing.assert_close(weighted, sum(c * s for c, s in zip(batch["conf"], singles)), rtol=1e-4, atol=1e-4)
 
 
+def test_conf_weighting_log_prob_is_ofas_rule(demo):
+    """``--conf-weighting log-prob`` scales the log-probabilities by conf before the terms, as OFA: the label-smoothed
+    CE is unchanged, and EL's bonus becomes log(1 - p^conf) (checked against that formula on the model's own
+    constrained log-probabilities, the bonus clamped as the criterion's)."""
+    from ofa_el.criterions.adjust_label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropyCriterion
+    from ofa_el.losses.terms import BONUS_FLOOR
+
+    task, args = setup_task(demo, "--prompt-type", "prev_output")
+    task.load_dataset("valid")
+    dataset = task.dataset("valid")
+    model = task.build_model(args).eval()
+    batch = dataset.collater([dataset[i] for i in range(4)])
+    batch["conf"] = torch.tensor([0.3, 1.0, 0.7, 0.5])
+    for impl in ("fused", "reference"):
+        ours = AdjustLabelSmoothedCrossEntropyCriterion(task, label_smoothing=0.1, loss_impl=impl)
+        ofas = AdjustLabelSmoothedCrossEntropyCriterion(task, label_smoothing=0.1, loss_impl=impl,
+                                                        conf_weighting="log-prob")
+        torch.testing.assert_close(ofas(model, batch)[0], ours(model, batch)[0], rtol=1e-5, atol=1e-4)
+
+    with torch.no_grad():
+        logits = model(**batch["net_input"])[0].float()
+    masks = batch["constraint_masks"].bool()
+    lprobs = torch.log_softmax(logits.masked_fill(~masks, float("-inf")), dim=-1)
+    target = batch["target"]
+    scored = target.ne(task.target_dictionary.pad())
+    lp_target = lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)[scored]
+    conf = batch["conf"][:, None].expand_as(target)[scored]
+    expected = (-conf * lp_target + torch.log(torch.clamp(1 - torch.exp(conf * lp_target), min=BONUS_FLOOR))).sum()
+    el_ofa = AdjustLabelSmoothedEncouragingLossCriterion(task, label_smoothing=0.0, log_end=1.0,
+                                                         conf_weighting="log-prob")
+    el_ours = AdjustLabelSmoothedEncouragingLossCriterion(task, label_smoothing=0.0, log_end=1.0)
+    with torch.no_grad():
+        got, ours_loss = el_ofa(model, batch)[0], el_ours(model, batch)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(got, ours_loss, rtol=1e-3)  # the rules differ for EL
+
+
+def test_conf_weighting_is_checked(demo):
+    from ofa_el.errors import OptionError
+
+    task, _ = setup_task(demo)
+    with pytest.raises(OptionError, match="--conf-weighting"):
+        AdjustLabelSmoothedEncouragingLossCriterion(task, conf_weighting="logprob")
+
+
 # ---------------------------------------------------------------- validation
 def test_vqa_score_is_the_predicted_answers_confidence():
     refs = [{"red": 1.0, "orange": 0.3}, {"two": 0.6}, {"yes": 1.0}]
