@@ -18,10 +18,8 @@ P = 16
 
 
 @pytest.fixture(scope="module")
-def codec(make_demo_set):
-    out = make_demo_set(seed=0, image_size=32, train_images=2, val_images=1, test_images=1, refcoco_train_images=1,
-                        refcoco_eval_images=1, bpe_vocab_size=300)
-    return TextCodec(str(out / "bpe"), num_bins=100)
+def codec(demo_data):
+    return TextCodec(str(demo_data / "bpe"), num_bins=100)
 
 
 def image_b64(colour):

@@ -18,7 +18,7 @@ import torch
 from fairseq import checkpoint_utils
 
 import ofa_el  # noqa: F401  (installs the guarded loader)
-from conftest import REPO_ROOT, TINY_MODEL
+from conftest import REPO_ROOT, TINY_MODEL, tsv_rows
 from ofa_el.checkpoint_safety import TRUSTED_ENV, UntrustedCheckpointError, guard_loader
 
 
@@ -129,11 +129,6 @@ def numpy1_path():
                                str(NUMPY1_DIR), NUMPY1], capture_output=True, text=True)
         assert proc.returncode == 0, f"pip install --target {NUMPY1_DIR} {NUMPY1} failed:\n{proc.stderr[-3000:]}"
     return os.pathsep.join([str(NUMPY1_DIR), *filter(None, [os.environ.get("PYTHONPATH")])])
-
-
-@pytest.fixture(scope="module")
-def demo_data(make_demo_set):
-    return make_demo_set(seed=1, train_images=4, val_images=2, test_images=2, refcoco_train_images=0)
 
 
 def pickled_globals(path: Path) -> set:
@@ -248,6 +243,6 @@ def test_evaluate_ofa_caption_checkpoint_from_another_directory(ofa_checkpoints,
     table = evaluate.main([tsv, "--path", path, "--bpe-dir", str(OFA_FIXTURE / "bpe"), "--cpu", "--beam", "2",
                            "--results-path", str(tmp_path / "results")])
     assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr"} <= set(table["caption_test"])
-    assert len(json.loads((tmp_path / "results" / "caption_test_predict.json").read_text())) == 2
+    assert len(json.loads((tmp_path / "results" / "caption_test_predict.json").read_text())) == tsv_rows(tsv)
     ignored = [line for line in capfd.readouterr().err.splitlines() if "ignoring its stored" in line]
     assert len(ignored) == 2 and "eval_cider_cached_tokens='../../dataset/caption_data/" in ignored[-1]

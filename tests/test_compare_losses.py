@@ -11,7 +11,7 @@ import sys
 import pytest
 from scipy import stats as scipy_stats
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tsv_rows
 
 
 def load_experiment(name):
@@ -240,24 +240,17 @@ def test_criteria_flags_are_the_registered_options():
             assert name == "criterion" or name in options[kind], (criterion.name, flag)
 
 
-@pytest.fixture(scope="module")
-def small_demo_data(make_demo_set):
-    """Demo data with enough rows for 4 updates of each demo recipe (caption batch 32, refcoco 16)."""
-    return make_demo_set(seed=3, train_images=32, val_images=4, test_images=3, refcoco_train_images=64,
-                         refcoco_eval_images=3)
-
-
 @pytest.fixture
-def use_data(small_demo_data, monkeypatch):
+def use_data(demo_data, monkeypatch):
     """The recipes read DATA_DIR/BPE_DIR from the environment, here and in every run the tool starts."""
-    monkeypatch.setenv("DATA_DIR", str(small_demo_data))
-    monkeypatch.setenv("BPE_DIR", str(small_demo_data / "bpe"))
-    return small_demo_data
+    monkeypatch.setenv("DATA_DIR", str(demo_data))
+    monkeypatch.setenv("BPE_DIR", str(demo_data / "bpe"))
+    return demo_data
 
 
 def test_sizes_come_from_the_recipe_unless_overridden(use_data):
     rows, batch, max_epoch, _, train_file = cl.recipe_sizes("caption")
-    assert train_file == use_data / "caption_stage1_train.tsv" and rows == 32 * 5 and batch == 32
+    assert train_file == use_data / "caption_stage1_train.tsv" and rows == tsv_rows(train_file) and batch == 32
     per_epoch = math.ceil(rows / batch)
     recipe = cl.plan_sizes("caption", 0, 4)
     assert recipe.from_recipe and recipe.updates == per_epoch * max_epoch and cl.size_arguments(recipe, False) == []

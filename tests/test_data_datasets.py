@@ -10,6 +10,7 @@ import torch
 from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 from PIL import Image
 
+from conftest import tsv_rows
 from ofa_el.data.caption_dataset import CAPTION_PROMPT, CaptionDataset
 from ofa_el.data.caption_references import read_references
 from ofa_el.data.ofa_dataset import decode_image, image_to_tensor
@@ -23,14 +24,8 @@ P = 16  # small patches keep the tests fast
 
 
 @pytest.fixture(scope="module")
-def demo(make_demo_set):
-    return make_demo_set(seed=0, image_size=32, train_images=6, val_images=3, test_images=3, refcoco_train_images=3,
-                         refcoco_eval_images=2, bpe_vocab_size=400)
-
-
-@pytest.fixture(scope="module")
-def codec(demo):
-    return TextCodec(str(demo / "bpe"), num_bins=100)
+def codec(demo_data):
+    return TextCodec(str(demo_data / "bpe"), num_bins=100)
 
 
 def image_b64(width=20, height=10, colour=(200, 10, 10), fmt="PNG", urlsafe=False):
@@ -64,10 +59,10 @@ def test_generated_bpe_round_trips_through_fairseq(codec, text):
     assert codec.bpe.decode(codec.bpe.encode(text)) == text
 
 
-def test_generated_bpe_files_agree_with_the_tokenizers_library(demo):
+def test_generated_bpe_files_agree_with_the_tokenizers_library(demo_data):
     from tokenizers import ByteLevelBPETokenizer
 
-    bpe_dir = demo / "bpe"
+    bpe_dir = demo_data / "bpe"
     reference = ByteLevelBPETokenizer(str(bpe_dir / "encoder.json"), str(bpe_dir / "vocab.bpe"), add_prefix_space=False)
     fairseq_encoder = get_encoder(str(bpe_dir / "encoder.json"), str(bpe_dir / "vocab.bpe"))
     text = " a small green square at the top right of the image"
@@ -77,9 +72,9 @@ def test_generated_bpe_files_agree_with_the_tokenizers_library(demo):
     assert sorted(symbols) == sorted(json.loads((bpe_dir / "encoder.json").read_text()).values())
 
 
-def test_missing_bpe_file_is_named(tmp_path, demo):
+def test_missing_bpe_file_is_named(tmp_path, demo_data):
     for name in ("encoder.json", "dict.txt"):
-        (tmp_path / name).write_bytes((demo / "bpe" / name).read_bytes())
+        (tmp_path / name).write_bytes((demo_data / "bpe" / name).read_bytes())
     with pytest.raises(FileNotFoundError, match=r"--bpe-dir: missing .*vocab\.bpe"):
         TextCodec(str(tmp_path))
 
@@ -143,12 +138,12 @@ def test_caption_valid_sample_keeps_all_references(tmp_path, codec):
     assert codec.decode(sample["target"]) == " a red circle&&the circle is red&&a round red shape"
 
 
-def test_demo_files_load_with_the_ofa_column_selection(demo, codec):
-    train = CaptionDataset(str(demo / "caption_stage1_train.tsv"), "train", codec, patch_image_size=P,
-                           slice_id=0, slice_count=1)
-    assert len(train) == 30 and all(train[i] is not None for i in range(len(train)))
-    test = CaptionDataset(str(demo / "caption_test.tsv"), "test", codec, selected_cols="1,4,2", patch_image_size=P,
-                          slice_id=0, slice_count=1)
+def test_demo_files_load_with_the_ofa_column_selection(demo_data, codec):
+    train_file = demo_data / "caption_stage1_train.tsv"
+    train = CaptionDataset(str(train_file), "train", codec, patch_image_size=P, slice_id=0, slice_count=1)
+    assert len(train) == tsv_rows(train_file) and all(train[i] is not None for i in range(len(train)))
+    test = CaptionDataset(str(demo_data / "caption_test.tsv"), "test", codec, selected_cols="1,4,2",
+                          patch_image_size=P, slice_id=0, slice_count=1)
     assert all(len(test[i]["references"]) == 5 for i in range(len(test)))
 
 

@@ -13,12 +13,6 @@ from ofa_el.data.tsv import parse_selected_cols
 from ofa_el.tools import errors, evaluate
 
 
-@pytest.fixture(scope="module")
-def data(make_demo_set):
-    return make_demo_set(seed=3, train_images=4, val_images=2, test_images=2, refcoco_train_images=4,
-                         refcoco_eval_images=2)
-
-
 def run(module, *args, env=None):
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     full_env.pop("OFA_EL_TRACEBACK", None)
@@ -44,15 +38,15 @@ TINY = ["--task", "caption", "--arch", "ofa_tiny", "--encoder-layers", "1", "--d
         "--no-save", "--ignore-unused-valid-subsets", "--keep-row-order"]
 
 
-def test_train_with_a_missing_bpe_dir(data, tmp_path):
-    tsv = f"{data}/caption_stage1_train.tsv,{data}/caption_val.tsv"
+def test_train_with_a_missing_bpe_dir(demo_data, tmp_path):
+    tsv = f"{demo_data}/caption_stage1_train.tsv,{demo_data}/caption_val.tsv"
     proc = run("ofa_el.tools.train", tsv, "--bpe-dir", str(tmp_path / "nowhere"), *TINY)
     assert_user_error(proc, f"--bpe-dir {tmp_path / 'nowhere'}: no such folder")
     assert len(proc.stdout + proc.stderr) < 1000, proc.stdout  # the error, not after pages of config
 
 
-def test_train_with_missing_data_stops_before_the_model_is_built(data, tmp_path):
-    proc = run("ofa_el.tools.train", "/nowhere/train.tsv,/nowhere/val.tsv", "--bpe-dir", str(data / "bpe"), *TINY)
+def test_train_with_missing_data_stops_before_the_model_is_built(demo_data, tmp_path):
+    proc = run("ofa_el.tools.train", "/nowhere/train.tsv,/nowhere/val.tsv", "--bpe-dir", str(demo_data / "bpe"), *TINY)
     assert_user_error(proc, "data file not found: /nowhere/train.tsv")
     assert "OFAModel" not in proc.stdout + proc.stderr and len(proc.stdout + proc.stderr) < 1000
 
@@ -68,41 +62,42 @@ def test_train_without_arguments_says_what_to_give():
     ("--arch", 2, "--arch: required"),
     ("--task", 2, "--task: required"),
 ])
-def test_train_without_a_required_flag(data, drop, keep, expected):
+def test_train_without_a_required_flag(demo_data, drop, keep, expected):
     at = TINY.index(drop)
     argv = TINY[:at] + TINY[at + keep:]
-    proc = run("ofa_el.tools.train", f"{data}/caption_stage1_train.tsv,{data}/caption_val.tsv", "--bpe-dir",
-               str(data / "bpe"), *argv)
+    proc = run("ofa_el.tools.train", f"{demo_data}/caption_stage1_train.tsv,{demo_data}/caption_val.tsv", "--bpe-dir",
+               str(demo_data / "bpe"), *argv)
     assert_user_error(proc, expected)
 
 
-def test_train_with_an_unknown_arch_lists_the_plugins(data):
+def test_train_with_an_unknown_arch_lists_the_plugins(demo_data):
     at = TINY.index("--arch")
     argv = TINY[:at] + ["--arch", "ofa_bse"] + TINY[at + 2:]
-    proc = run("ofa_el.tools.train", f"{data}/caption_val.tsv,{data}/caption_val.tsv", *argv)
+    proc = run("ofa_el.tools.train", f"{demo_data}/caption_val.tsv,{demo_data}/caption_val.tsv", *argv)
     assert_user_error(proc, "--arch ofa_bse: unknown (did you mean ofa_base", "ofa_large", "ofa_tiny")
 
 
 @pytest.mark.parametrize("content,reason", [(b"", "empty file (0 bytes)"),
                                             (b"a text file\n", "not a PyTorch checkpoint")])
-def test_evaluate_on_a_file_that_is_no_checkpoint(data, tmp_path, content, reason):
+def test_evaluate_on_a_file_that_is_no_checkpoint(demo_data, tmp_path, content, reason):
     bad = tmp_path / "checkpoint_best.pt"
     bad.write_bytes(content)
-    proc = run("ofa_el.tools.evaluate", str(data / "caption_test.tsv"), "--path", str(bad), "--bpe-dir",
-               str(data / "bpe"))
+    proc = run("ofa_el.tools.evaluate", str(demo_data / "caption_test.tsv"), "--path", str(bad), "--bpe-dir",
+               str(demo_data / "bpe"))
     assert_user_error(proc, f"--path {bad}: {reason}")
 
 
-def test_train_stops_at_a_bad_row_with_file_and_row(data, tmp_path):
-    rows = (data / "caption_stage1_train.tsv").read_text().splitlines()
+def test_train_stops_at_a_bad_row_with_file_and_row(demo_data, tmp_path):
+    rows = (demo_data / "caption_stage1_train.tsv").read_text().splitlines()
     fields = rows[1].split("\t")
     fields[4] = "not*base64"
     rows[1] = "\t".join(fields)
     bad = tmp_path / "caption_stage1_train.tsv"
     bad.write_text("\n".join(rows) + "\n")
-    proc = run("ofa_el.tools.train", f"{bad},{data}/caption_val.tsv", "--bpe-dir", str(data / "bpe"), *TINY)
+    bpe = str(demo_data / "bpe")
+    proc = run("ofa_el.tools.train", f"{bad},{demo_data}/caption_val.tsv", "--bpe-dir", bpe, *TINY)
     assert_user_error(proc, f"{bad}: row 2: image column: invalid base64")
-    skipped = run("ofa_el.tools.train", f"{bad},{data}/caption_val.tsv", "--bpe-dir", str(data / "bpe"), *TINY,
+    skipped = run("ofa_el.tools.train", f"{bad},{demo_data}/caption_val.tsv", "--bpe-dir", bpe, *TINY,
                   "--skip-invalid-rows", "--tensorboard-logdir", str(tmp_path / "tb"))
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     assert "tensorboardX" not in skipped.stderr  # installed: no "Please install tensorboardX" at start
@@ -112,9 +107,9 @@ def test_train_stops_at_a_bad_row_with_file_and_row(data, tmp_path):
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))  # --tensorboard-logdir works
 
 
-def test_evaluate_with_a_missing_checkpoint(data, tmp_path):
-    proc = run("ofa_el.tools.evaluate", str(data / "caption_test.tsv"), "--path", str(tmp_path / "none.pt"),
-               "--bpe-dir", str(data / "bpe"))
+def test_evaluate_with_a_missing_checkpoint(demo_data, tmp_path):
+    proc = run("ofa_el.tools.evaluate", str(demo_data / "caption_test.tsv"), "--path", str(tmp_path / "none.pt"),
+               "--bpe-dir", str(demo_data / "bpe"))
     assert_user_error(proc, "file not found", str(tmp_path / "none.pt"))
 
 
@@ -169,11 +164,11 @@ def test_a_value_error_from_a_bug_in_plugin_code_keeps_its_traceback():
     assert not any(line.startswith("error: ") for line in proc.stderr.splitlines())
 
 
-def test_a_bad_criterion_option_is_one_error_line_from_train(data):
+def test_a_bad_criterion_option_is_one_error_line_from_train(demo_data):
     at = TINY.index("--criterion")
     argv = TINY[:at + 2] + ["--log-end", "0"] + TINY[at + 2:]
-    proc = run("ofa_el.tools.train", f"{data}/caption_stage1_train.tsv,{data}/caption_val.tsv", "--bpe-dir",
-               str(data / "bpe"), *argv)
+    proc = run("ofa_el.tools.train", f"{demo_data}/caption_stage1_train.tsv,{demo_data}/caption_val.tsv", "--bpe-dir",
+               str(demo_data / "bpe"), *argv)
     assert_user_error(proc)
     assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")] == [
         "error: --log-end: must lie in (0, 1], got 0.0"]

@@ -3,6 +3,7 @@ a failing part is recorded and the parts after it still run; bad options stop wi
 import json
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,6 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from ofa_el.synthetic.demo_set import make_demo_data
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_check.py"
 PART_KEYS = {
@@ -32,13 +32,6 @@ PART_KEYS = {
 GENERATION_KEYS = {"recipe", "arch", "patch_image_size", "items", "generate_s", "items_per_s", "reorder_s",
                    "reorder_calls", "reorder_share", "mean_tokens"}
 VARIANTS = ["fairseq_ce", "fused_ce", "fused_el", "reference_el"]
-
-
-@pytest.fixture(scope="module")
-def demo_data(make_demo_set):
-    """Just enough demo data: 40 caption rows (4 batches of 8), 4 validation images and 4 refcoco rows."""
-    return make_demo_set(seed=1, train_images=8, val_images=4, test_images=1, refcoco_train_images=4,
-                         refcoco_eval_images=4)
 
 
 def run_check(args, env, timeout=300):
@@ -139,10 +132,11 @@ def test_a_failing_part_is_recorded_and_later_parts_still_run(demo_data, tmp_pat
     assert "failure injected by --fail-part criterion" in proc.stdout
 
 
-def test_a_real_failure_is_recorded_too(tmp_path, subprocess_env):
+def test_a_real_failure_is_recorded_too(demo_data, tmp_path, subprocess_env):
     data = tmp_path / "data"  # 2 refcoco validation rows, where generation needs 4
-    make_demo_data(str(data), seed=1, train_images=2, val_images=4, test_images=1, refcoco_train_images=2,
-                   refcoco_eval_images=2)
+    shutil.copytree(demo_data, data)
+    validation = data / "refcoco_val.tsv"
+    validation.write_text("".join(validation.read_text().splitlines(keepends=True)[:2]))
     out = tmp_path / "gpu_check.json"
     proc, _ = run_check(["--smoke", "--out", str(out), "--data-dir", str(data), "--parts", "generation", "nccl"],
                         subprocess_env)

@@ -56,13 +56,7 @@ def test_parsed_bf16_no_longer_means_tpu():
     assert args.tpu
 
 
-@pytest.fixture(scope="module")
-def data(make_demo_set):
-    return make_demo_set(seed=3, train_images=8, val_images=2, test_images=1, refcoco_train_images=1,
-                         refcoco_eval_images=1)
-
-
-def test_bf16_trains_on_cpu_through_the_entry_point(data, tmp_path, monkeypatch, capsys, caplog):
+def test_bf16_trains_on_cpu_through_the_entry_point(demo_data, tmp_path, monkeypatch, capsys, caplog):
     """A recipe's --fp16 plus --bf16: four updates with the model in bfloat16 (its logits are), float32 optimizer
     state (fairseq's half-precision optimizer), no loss scaler, finite losses, and the fused EL's per-token
     values computed in float32."""
@@ -77,8 +71,8 @@ def test_bf16_trains_on_cpu_through_the_entry_point(data, tmp_path, monkeypatch,
     monkeypatch.setattr(criterion_module, "fused_token_losses", recording)
     monkeypatch.setattr("sys.argv", ["ofa_el.tools.train"])
     save_dir = tmp_path / "checkpoints"
-    train.main([f"{data}/caption_stage1_train.tsv,{data}/caption_val.tsv", "--bpe-dir", str(data / "bpe"), *TINY,
-                "--fp16", "--bf16", "--save-dir", str(save_dir)])
+    train.main([f"{demo_data}/caption_stage1_train.tsv,{demo_data}/caption_val.tsv", "--bpe-dir",
+                str(demo_data / "bpe"), *TINY, "--fp16", "--bf16", "--save-dir", str(save_dir)])
     assert "--fp16 dropped" in capsys.readouterr().err
     logged = [json.loads(record.getMessage()) for record in caplog.records
               if record.getMessage().startswith('{"epoch"')]  # fairseq's json progress lines

@@ -28,22 +28,20 @@ TINY = ["--arch", "ofa_tiny", "--encoder-layers", "1", "--decoder-layers", "1", 
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, make_demo_set):
+def trained(tmp_path_factory, demo_data):
     """Demo data and a caption and a refcoco checkpoint of a tiny model (2 updates each, trained side by side)."""
     root = tmp_path_factory.mktemp("predict")
-    data = make_demo_set(seed=3, train_images=4, val_images=2, test_images=2, refcoco_train_images=4,
-                         refcoco_eval_images=2)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     runs = {}
     for task, train in (("caption", "caption_stage1_train"), ("refcoco", "refcoco_train")):
-        tsv = f"{data}/{train}.tsv,{data}/{task}_val.tsv"
+        tsv = f"{demo_data}/{train}.tsv,{demo_data}/{task}_val.tsv"
         cmd = [sys.executable, "-m", "ofa_el.tools.train", tsv, "--task", task, *TINY, "--bpe-dir",
-               str(data / "bpe"), "--save-dir", str(root / task)]
+               str(demo_data / "bpe"), "--save-dir", str(root / task)]
         runs[task] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     for task, proc in runs.items():
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output[-4000:]
-    return {"data": data, "bpe": data / "bpe", "caption": root / "caption" / "checkpoint_last.pt",
+    return {"data": demo_data, "bpe": demo_data / "bpe", "caption": root / "caption" / "checkpoint_last.pt",
             "refcoco": root / "refcoco" / "checkpoint_last.pt"}
 
 

@@ -11,22 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, tsv_rows
 
 TINY = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
         "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
         "--decoder-attention-heads", "2", "--log-interval", "1", "--keep-row-order", "--seed", "3"]
-
-
-@pytest.fixture(scope="module")
-def data(make_demo_set):
-    return make_demo_set(seed=2, train_images=8, val_images=5, test_images=2, refcoco_train_images=0)
-
-
-@pytest.fixture(scope="module")
-def grounding_data(make_demo_set):
-    return make_demo_set(seed=2, train_images=4, val_images=2, test_images=2, refcoco_train_images=16,
-                         refcoco_eval_images=5)
 
 
 def interleave_for_one_process(data: Path, out: Path, workers: int, batch: int,
@@ -94,12 +83,12 @@ def valid_cider(output: str) -> float:
     return float(re.findall(r"\| cider ([\d.]+)", output)[-1])
 
 
-def test_two_cpu_processes_match_one_with_the_same_global_batch(data, tmp_path):
+def test_two_cpu_processes_match_one_with_the_same_global_batch(demo_data, tmp_path):
     batch, updates = 4, 3
-    one_process_data = interleave_for_one_process(data, tmp_path / "data_1p", workers=2, batch=batch)
+    one_process_data = interleave_for_one_process(demo_data, tmp_path / "data_1p", workers=2, batch=batch)
     # BatchNorm normalises with each worker's own batch (use --sync-bn to share statistics): frozen here
     common = ["--max-update", str(updates), "--drop-worst-after", "1000", "--lr", "5e-4", "--freeze-resnet"]
-    two = launch(data, tmp_path / "two", {"NPROC_PER_NODE": "2"}, "--batch-size", str(batch), *common)
+    two = launch(demo_data, tmp_path / "two", {"NPROC_PER_NODE": "2"}, "--batch-size", str(batch), *common)
     one = launch(one_process_data, tmp_path / "one", {"NPROC_PER_NODE": "1"}, "--batch-size", str(2 * batch),
                  *common)
     assert "distributed init (rank 1)" in two
@@ -113,21 +102,24 @@ def test_two_cpu_processes_match_one_with_the_same_global_batch(data, tmp_path):
     # after the same updates both runs hold the same weights, to 1e-4 (float32 sums in another order; Adam's
     # normalisation magnifies it where gradients are ~0). Each update moves weights by up to lr.
     assert max_weight_difference(tmp_path / "two", tmp_path / "one") < 1e-4
-    # 5 validation images on 2 workers (3 + 2): every image is scored once, as in one process
+    # an odd number of validation images on 2 workers (one shard is an image short): every image is scored once,
+    # as in one process
+    images = tsv_rows(demo_data / "caption_val.tsv")
+    assert images % 2 == 1
     assert valid_cider(two) == pytest.approx(valid_cider(one), abs=1e-3)
-    assert re.findall(r"\| scored (\d+)", two)[-1] == re.findall(r"\| scored (\d+)", one)[-1] == "5"
+    assert re.findall(r"\| scored (\d+)", two)[-1] == re.findall(r"\| scored (\d+)", one)[-1] == str(images)
 
 
-def test_grounding_accuracy_over_two_workers_scores_every_row_once(grounding_data, tmp_path):
-    """RefCOCO's validation over 2 workers scores the 5 rows (split 3 + 2) once each, as 1 process does:
+def test_grounding_accuracy_over_two_workers_scores_every_row_once(demo_data, tmp_path):
+    """RefCOCO's validation over 2 workers scores its odd number of rows once each, as 1 process does:
     fairseq pads the shorter shard with an empty batch, which must count nothing. (After 2 updates the
     boxes are still degenerate, so the accuracies agree trivially; the row count is the check.)"""
     batch = 4
-    one_process_data = interleave_for_one_process(grounding_data, tmp_path / "data_1p", workers=2, batch=batch,
+    one_process_data = interleave_for_one_process(demo_data, tmp_path / "data_1p", workers=2, batch=batch,
                                                   train="refcoco_train.tsv", valid="refcoco_val.tsv")
     common = ["--max-update", "2", "--max-epoch", "1", "--lr", "5e-3", "--freeze-resnet", "--batch-size-valid", "2"]
     env = {"RESTORE_FILE": "checkpoint_last.pt"}  # from scratch
-    two = launch(grounding_data, tmp_path / "two", {"NPROC_PER_NODE": "2", **env}, "--batch-size", str(batch),
+    two = launch(demo_data, tmp_path / "two", {"NPROC_PER_NODE": "2", **env}, "--batch-size", str(batch),
                  *common, recipe="refcoco/refcoco_el.yaml")
     one = launch(one_process_data, tmp_path / "one", {"NPROC_PER_NODE": "1", **env}, "--batch-size", str(2 * batch),
                  *common, recipe="refcoco/refcoco_el.yaml")
@@ -137,19 +129,20 @@ def test_grounding_accuracy_over_two_workers_scores_every_row_once(grounding_dat
         line = [row for row in output.splitlines() if "valid on 'valid' subset" in row][-1]
         metrics[name] = {key: float(re.search(rf"\| {key} ([\d.]+)", line).group(1))
                          for key in ("score", "miou", "scored")}
-    assert metrics["two"]["scored"] == metrics["one"]["scored"] == 5
+    rows = tsv_rows(demo_data / "refcoco_val.tsv")
+    assert rows % 2 == 1 and metrics["two"]["scored"] == metrics["one"]["scored"] == rows
     assert metrics["two"]["miou"] == pytest.approx(metrics["one"]["miou"], abs=2e-4)
     assert metrics["two"]["score"] == pytest.approx(metrics["one"]["score"], abs=1e-6)
 
 
-def test_token_dropping_is_per_worker_micro_batch(data, tmp_path):
+def test_token_dropping_is_per_worker_micro_batch(demo_data, tmp_path):
     """With drop-worst on from the second update, 2 workers of batch B equal 1 process of batch B and
     --update-freq 2 fed the same micro-batches: tokens are ranked within each worker's micro-batch."""
     batch, updates = 4, 3
-    one_process_data = interleave_for_one_process(data, tmp_path / "data_1p", workers=2, batch=batch)
+    one_process_data = interleave_for_one_process(demo_data, tmp_path / "data_1p", workers=2, batch=batch)
     common = ["--max-update", str(updates), "--drop-worst-ratio", "0.3", "--drop-worst-after", "0", "--lr", "5e-4",
               "--batch-size", str(batch), "--disable-validation"]
-    two = launch(data, tmp_path / "two", {"NPROC_PER_NODE": "2"}, *common)
+    two = launch(demo_data, tmp_path / "two", {"NPROC_PER_NODE": "2"}, *common)
     one = launch(one_process_data, tmp_path / "one", {"NPROC_PER_NODE": "1"}, "--update-freq", "2", *common)
     logs_two, logs_one = inner_logs(two), inner_logs(one)
     assert len(logs_two) == len(logs_one) == updates
@@ -158,7 +151,7 @@ def test_token_dropping_is_per_worker_micro_batch(data, tmp_path):
     assert_same_training_metrics(tmp_path / "two", tmp_path / "one")
     assert max_weight_difference(tmp_path / "two", tmp_path / "one") < 1e-4
     # the dropping really acts in training (from update 2 on: strictly after --drop-worst-after 0)
-    no_drop = launch(data, tmp_path / "no_drop", {"NPROC_PER_NODE": "2"}, *common, "--drop-worst-ratio", "0")
+    no_drop = launch(demo_data, tmp_path / "no_drop", {"NPROC_PER_NODE": "2"}, *common, "--drop-worst-ratio", "0")
     logs_no_drop = inner_logs(no_drop)
     assert logs_no_drop[0] == pytest.approx(logs_two[0], abs=2e-3)  # update 1: nothing dropped yet
     assert abs(logs_no_drop[1][0] - logs_two[1][0]) > 0.05  # dropping the worst 30% lowers the loss a lot
@@ -170,11 +163,11 @@ def checkpoint_files(save: Path):
 
 
 @pytest.mark.parametrize("start", ["scratch", "finetune"])
-def test_killed_run_resumes_where_it_stopped(data, tmp_path, start):
+def test_killed_run_resumes_where_it_stopped(demo_data, tmp_path, start):
     """``finetune`` starts as OFA's recipes do (--restore-file <pretrained> --reset-*): a restart must
     resume from checkpoint_last.pt, not restore the pretrained file again and start over."""
     save = tmp_path / "ckpt"
-    env = dict(os.environ, DEMO="1", PYTHON=sys.executable, DATA_DIR=str(data), BPE_DIR=str(data / "bpe"),
+    env = dict(os.environ, DEMO="1", PYTHON=sys.executable, DATA_DIR=str(demo_data), BPE_DIR=str(demo_data / "bpe"),
                SAVE_DIR=str(save), OMP_NUM_THREADS="1")
     base = [sys.executable, "-m", "ofa_el.tools.launch", str(REPO_ROOT / "configs" / "caption" / "stage1_el.yaml"),
             "--demo", *TINY, "--batch-size", "4", "--disable-validation"]
@@ -212,11 +205,11 @@ def test_killed_run_resumes_where_it_stopped(data, tmp_path, start):
     assert final["extra_state"]["train_iterator"]["epoch"] >= killed_at["extra_state"]["train_iterator"]["epoch"]
 
 
-def test_half_precision_training_with_full_log_el_stays_finite(data, tmp_path):
+def test_half_precision_training_with_full_log_el_stays_finite(demo_data, tmp_path):
     """EL at log_end 1.0 has the largest gradients (-p/(1-p)) as tokens are learnt. fairseq 0.12's --fp16
     optimizer needs CUDA and its --bf16 means TPU, so on CPU the model runs in float16 through
     --memory-efficient-fp16 (same dynamic loss scaler): no inf/nan loss, no runaway loss-scale drops."""
-    env = dict(os.environ, DEMO="1", PYTHON=sys.executable, DATA_DIR=str(data), BPE_DIR=str(data / "bpe"),
+    env = dict(os.environ, DEMO="1", PYTHON=sys.executable, DATA_DIR=str(demo_data), BPE_DIR=str(demo_data / "bpe"),
                SAVE_DIR=str(tmp_path / "ckpt"), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "ofa_el.tools.launch", str(REPO_ROOT / "configs" / "caption" / "stage1_el.yaml"),
            "--demo", *TINY, "--batch-size", "4", "--max-update", "30", "--max-epoch", "100", "--lr", "3e-3",

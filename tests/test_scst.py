@@ -1,4 +1,5 @@
 """Caption stage 2: the self-critical reward, the SCST criterion on a tiny OFA model, its table checks, the recipe."""
+import math
 import pickle
 import subprocess
 from collections import defaultdict
@@ -11,7 +12,7 @@ import ofa_el  # noqa: F401
 from ofa_el.criterions.scst_reward_criterion import ScstRewardCriterion, self_critical_rewards
 from ofa_el.data.scoring import cider
 
-from conftest import REPO_ROOT, TINY_MODEL, run_script
+from conftest import DEMO_DATA_OPTIONS, REPO_ROOT, TINY_MODEL, run_script, tsv_rows
 
 TINY_TASK_MODEL = ["--arch", "ofa_tiny", *TINY_MODEL, "--resnet-type", "resnet18", "--code-dict-size", "0",
                    "--num-bins", "10", "--dropout", "0", "--encoder-drop-path-rate", "0", "--decoder-drop-path-rate", "0"]
@@ -19,15 +20,11 @@ TINY_TASK_MODEL = ["--arch", "ofa_tiny", *TINY_MODEL, "--resnet-type", "resnet18
 SMALL_MODEL = TINY_MODEL + ["--batch-size", "8", "--max-epoch", "1", "--log-interval", "1"]
 
 
-@pytest.fixture(scope="module")
-def data(make_demo_set):
-    return make_demo_set(seed=2, train_images=8, val_images=4, test_images=3, refcoco_train_images=0)
-
-
-def test_stage2_train_file_holds_each_stage1_image_once_with_all_its_references(data):
-    stage1 = [line.split("\t") for line in (data / "caption_stage1_train.tsv").read_text().splitlines()]
-    stage2 = [line.split("\t") for line in (data / "caption_stage2_train.tsv").read_text().splitlines()]
-    assert len(stage2) == 8 and [row[1] for row in stage2] == sorted({row[1] for row in stage1}, key=int)
+def test_stage2_train_file_holds_each_stage1_image_once_with_all_its_references(demo_data):
+    stage1 = [line.split("\t") for line in (demo_data / "caption_stage1_train.tsv").read_text().splitlines()]
+    stage2 = [line.split("\t") for line in (demo_data / "caption_stage2_train.tsv").read_text().splitlines()]
+    assert len(stage2) == DEMO_DATA_OPTIONS["train_images"]
+    assert [row[1] for row in stage2] == sorted({row[1] for row in stage1}, key=int)
     for row in stage2:
         own = [r for r in stage1 if r[1] == row[1]]
         assert row[0] == row[1] and row[2].split("&&") == [r[2] for r in own] and row[3:] == own[0][3:]
@@ -53,11 +50,11 @@ def test_reward_is_score_minus_the_mean_of_the_images_other_hypotheses():
         self_critical_rewards(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 0, 1]))
 
 
-def test_hypotheses_are_scored_with_the_training_table_and_eos(data):
-    task, args = caption_task(data)
+def test_hypotheses_are_scored_with_the_training_table_and_eos(demo_data):
+    task, args = caption_task(demo_data)
     criterion = task.build_criterion(args)
     assert criterion.append_eos  # a table counted at start-up from the training references, with <eos>
-    assert criterion.document_frequency[1] == 8  # one document per training image
+    assert criterion.document_frequency[1] == DEMO_DATA_OPTIONS["train_images"]  # one document per training image
     references = [["a red circle at the top", "a big red circle"], ["a blue square"]]
     captions = ["a red circle at the top", "a blue square", "a green triangle"]
     scores = criterion.score(captions, [0, 1, 1], references)
@@ -68,9 +65,9 @@ def test_hypotheses_are_scored_with_the_training_table_and_eos(data):
     assert scores[0] > 0 and scores[1] > 0 and scores[2] == 0
 
 
-def test_scst_updates_raise_the_log_probability_of_the_better_hypothesis(data):
-    task, args = caption_task(data, "--scst-args", '{"beam":3,"max_len_b":6}')
-    torch.manual_seed(0)
+def test_scst_updates_raise_the_log_probability_of_the_better_hypothesis(demo_data):
+    task, args = caption_task(demo_data, "--scst-args", '{"beam":3,"max_len_b":6}')
+    torch.manual_seed(9)  # an untrained model whose beams score apart on the demo references (most score all 0)
     model = task.build_model(args)
     criterion = task.build_criterion(args)
     task.load_dataset("train")
@@ -101,37 +98,40 @@ def test_scst_updates_raise_the_log_probability_of_the_better_hypothesis(data):
     assert log_prob(best) > before[0] and log_prob(worst) < before[1]
 
 
-def test_missing_or_unsafe_table_is_refused_naming_the_file(data, tmp_path):
+def test_missing_or_unsafe_table_is_refused_naming_the_file(demo_data, tmp_path):
     missing = tmp_path / "nowhere-words.p"
-    task, _ = caption_task(data, "--scst-cider-cached-tokens", str(missing))
+    task, _ = caption_task(demo_data, "--scst-cider-cached-tokens", str(missing))
     with pytest.raises(FileNotFoundError, match=f"--scst-cider-cached-tokens.*{missing}"):
         ScstRewardCriterion(task)
     unsafe = tmp_path / "unsafe-words.p"
     unsafe.write_bytes(pickle.dumps({"document_frequency": defaultdict(float), "ref_len": 1,
                                      "payload": subprocess.Popen}, protocol=2))
-    task, _ = caption_task(data, "--scst-cider-cached-tokens", str(unsafe))
+    task, _ = caption_task(demo_data, "--scst-cider-cached-tokens", str(unsafe))
     with pytest.raises(ValueError, match=f"--scst-cider-cached-tokens {unsafe}: refusing to load"):
         ScstRewardCriterion(task)
-    plain, _ = caption_task(data, "--scst-args", '{"beam":1}')
+    plain, _ = caption_task(demo_data, "--scst-args", '{"beam":1}')
     with pytest.raises(ValueError, match="--scst-args: beam must be an integer >= 2"):
         plain.scst_generation_args()
 
 
-def test_stage2_recipe_trains_from_a_stage1_model_and_validates_cider(data, tmp_path):
-    env = {"DATA_DIR": str(data), "BPE_DIR": str(data / "bpe")}
+def test_stage2_recipe_trains_from_a_stage1_model_and_validates_cider(demo_data, tmp_path):
+    env = {"DATA_DIR": str(demo_data), "BPE_DIR": str(demo_data / "bpe")}
     run_script("caption/train_caption_stage1_el.sh", dict(env, SAVE_DIR=str(tmp_path / "stage1")), *SMALL_MODEL)
     stage1 = tmp_path / "stage1" / "checkpoint_best.pt"
     out = run_script("caption/train_caption_stage2_el.sh",
                      dict(env, RESTORE_FILE=str(stage1), SAVE_DIR=str(tmp_path / "stage2")), *SMALL_MODEL,
                      "--batch-size", "4")
     assert "scst_reward_criterion" in out and "caption_stage2_train.tsv" in out
-    assert "SCST CIDEr document frequencies counted from the 8 training images" in out
+    images = DEMO_DATA_OPTIONS["train_images"]
+    assert f"SCST CIDEr document frequencies counted from the {images} training images" in out
     assert f"Loaded checkpoint {stage1}" in out
     updates = [line for line in out.splitlines() if line.startswith("INFO:train_inner:")]
-    assert len(updates) == 2 and all(" score=" in line and " reward_abs=" in line for line in updates)
+    assert len(updates) == math.ceil(images / 4)  # one epoch of batches of 4 images, each logged
+    assert all(" score=" in line and " reward_abs=" in line for line in updates)
     assert "bsz=20," in updates[0]  # 4 images x 5 beams: every beam hypothesis is a sample
     valid = [line for line in out.splitlines() if line.startswith("INFO:valid:")]
-    assert len(valid) == 1 and "| cider " in valid[0] and "| scored 4 |" in valid[0]
+    scored = tsv_rows(demo_data / "caption_val.tsv")
+    assert len(valid) == 1 and "| cider " in valid[0] and f"| scored {scored} |" in valid[0]
     assert (tmp_path / "stage2" / "checkpoint_best.pt").is_file()
 
 

@@ -16,14 +16,8 @@ P = 16
 
 
 @pytest.fixture(scope="module")
-def demo(make_demo_set):
-    return make_demo_set(seed=0, image_size=32, train_images=4, val_images=2, test_images=2, refcoco_train_images=0,
-                         bpe_vocab_size=300, snli_ve_rows=(9, 6, 6), classify_rows=(6, 4, 4))
-
-
-@pytest.fixture(scope="module")
-def codec(demo):
-    return TextCodec(str(demo / "bpe"), num_bins=16)
+def codec(demo_data):
+    return TextCodec(str(demo_data / "bpe"), num_bins=16)
 
 
 def rows(path):
@@ -31,11 +25,11 @@ def rows(path):
 
 
 @pytest.mark.parametrize("prompt_type", ["none", "src", "prev_output"])
-def test_snli_ve_sample_layout(demo, codec, prompt_type):
+def test_snli_ve_sample_layout(demo_data, codec, prompt_type):
     candidates = CandidateSet(list(SNLI_VE_CANDIDATES), codec)
-    dataset = SnliVeDataset(str(demo / "snli_ve_dev.tsv"), "valid", codec, patch_image_size=P, add_caption=True,
+    dataset = SnliVeDataset(str(demo_data / "snli_ve_dev.tsv"), "valid", codec, patch_image_size=P, add_caption=True,
                             candidates=candidates, prompt_type=prompt_type)
-    row = rows(demo / "snli_ve_dev.tsv")[0]
+    row = rows(demo_data / "snli_ve_dev.tsv")[0]
     answer = {"entailment": "yes", "contradiction": "no", "neutral": "maybe"}[row[5]]
     sample = dataset[0]
     d = codec.dictionary
@@ -57,8 +51,8 @@ def test_snli_ve_sample_layout(demo, codec, prompt_type):
     assert sample["patch_image"].shape == (3, P, P)
 
 
-def test_snli_ve_answer_outside_the_candidates_is_a_row_error(demo, codec):
-    path = demo / "snli_ve_train.tsv"
+def test_snli_ve_answer_outside_the_candidates_is_a_row_error(demo_data, codec):
+    path = demo_data / "snli_ve_train.tsv"
     labels = [row[5] for row in rows(path)]
     dataset = SnliVeDataset(str(path), "train", codec, patch_image_size=P,
                             candidates=CandidateSet(["no", "yes"], codec))
@@ -68,14 +62,14 @@ def test_snli_ve_answer_outside_the_candidates_is_a_row_error(demo, codec):
         dataset[neutral]
 
 
-def classify_dataset(demo, codec, split, name, **kwargs):
-    return ImageClassifyDataset(str(demo / name), split, codec, CandidateSet(list(DEMO_CLASSES), codec),
+def classify_dataset(demo_data, codec, split, name, **kwargs):
+    return ImageClassifyDataset(str(demo_data / name), split, codec, CandidateSet(list(DEMO_CLASSES), codec),
                                 patch_image_size=P, **kwargs)
 
 
-def test_classify_sample_layout_and_eval_transform(demo, codec):
-    dataset = classify_dataset(demo, codec, "valid", "image_classify_val.tsv", imagenet_default_mean_and_std=True)
-    table = rows(demo / "image_classify_val.tsv")
+def test_classify_sample_layout_and_eval_transform(demo_data, codec):
+    dataset = classify_dataset(demo_data, codec, "valid", "image_classify_val.tsv", imagenet_default_mean_and_std=True)
+    table = rows(demo_data / "image_classify_val.tsv")
     sample = dataset[2]
     d = codec.dictionary
     class_tokens = codec.encode(" " + table[2][2])
@@ -86,14 +80,14 @@ def test_classify_sample_layout_and_eval_transform(demo, codec):
     assert torch.equal(sample["target"], torch.cat([class_tokens, torch.tensor([d.eos()])]))
     expected = eval_transform(decode_image(table[2][0]), P, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     assert torch.equal(sample["patch_image"], expected) and torch.equal(dataset[2]["patch_image"], expected)
-    ofa_range = classify_dataset(demo, codec, "valid", "image_classify_val.tsv")[2]["patch_image"]
+    ofa_range = classify_dataset(demo_data, codec, "valid", "image_classify_val.tsv")[2]["patch_image"]
     assert ofa_range.min() >= -1 and ofa_range.max() <= 1 and not torch.equal(ofa_range, expected)
     batch = dataset.collater([dataset[0], dataset[1]])
     assert batch["constraint_masks"].shape[0] == 2 and batch["ref_dict"][1] == {table[1][2]: 1.0}
 
 
-def test_classify_training_images_are_augmented(demo, codec):
-    dataset = classify_dataset(demo, codec, "train", "image_classify_train.tsv", augmentation_backend="pil")
+def test_classify_training_images_are_augmented(demo_data, codec):
+    dataset = classify_dataset(demo_data, codec, "train", "image_classify_train.tsv", augmentation_backend="pil")
     assert dataset.train_transform.backend.startswith("ofa_el PIL")
     torch.manual_seed(0)
     draws = [dataset[0]["patch_image"] for _ in range(4)]
@@ -101,18 +95,18 @@ def test_classify_training_images_are_augmented(demo, codec):
     assert len({tuple(d.flatten().tolist()) for d in draws}) > 1  # random crops, flips, ops
 
 
-def test_classify_training_without_augmentation_is_the_eval_transform(demo, codec):
-    dataset = classify_dataset(demo, codec, "train", "image_classify_train.tsv", train_augmentation="none",
+def test_classify_training_without_augmentation_is_the_eval_transform(demo_data, codec):
+    dataset = classify_dataset(demo_data, codec, "train", "image_classify_train.tsv", train_augmentation="none",
                                imagenet_default_mean_and_std=True)
     assert dataset.train_transform is None
-    expected = eval_transform(decode_image(rows(demo / "image_classify_train.tsv")[0][0]), P, IMAGENET_DEFAULT_MEAN,
-                              IMAGENET_DEFAULT_STD)
+    first_image = decode_image(rows(demo_data / "image_classify_train.tsv")[0][0])
+    expected = eval_transform(first_image, P, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
     assert all(torch.equal(dataset[0]["patch_image"], expected) for _ in range(3))
 
 
-def test_classify_unknown_train_augmentation_names_the_option(demo, codec):
+def test_classify_unknown_train_augmentation_names_the_option(demo_data, codec):
     with pytest.raises(ValueError, match=r"--train-augmentation 'colour': expected one of ofa, none"):
-        classify_dataset(demo, codec, "train", "image_classify_train.tsv", train_augmentation="colour")
+        classify_dataset(demo_data, codec, "train", "image_classify_train.tsv", train_augmentation="colour")
 
 
 def test_imagenet_recipes_keep_ofa_augmentation_and_only_the_demo_turns_it_off():

@@ -10,7 +10,7 @@ from fairseq import metrics, options, tasks
 from PIL import Image
 
 import ofa_el  # noqa: F401
-from conftest import TINY_MODEL
+from conftest import DEMO_DATA_OPTIONS, TINY_MODEL
 from ofa_el.criterions.adjust_label_smoothed_encouraging_loss import AdjustLabelSmoothedEncouragingLossCriterion
 from ofa_el.data.vqa_dataset import VqaRowParser, parse_answers
 from ofa_el.tasks.candidate_task import CandidateTask
@@ -18,12 +18,6 @@ from ofa_el.tools.check_data import main as check_data
 from ofa_el.synthetic.vqa import ANSWERS, majority_baseline, question_kind, read_rows
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def demo(make_demo_set):
-    return make_demo_set(seed=0, image_size=32, train_images=4, val_images=2, test_images=2, refcoco_train_images=2,
-                         refcoco_eval_images=2, vqa_train_images=12, vqa_eval_images=4)
 
 
 def image_b64():
@@ -37,12 +31,12 @@ def vqa_row(qid="1", question="what colour is it?", answers="1.0|!+green&&0.3|!+
     return "\t".join([qid, "7", question, answers, objects, image if image is not None else image_b64()])
 
 
-def setup_task(demo, *extra, files=("vqa_train.tsv", "vqa_val.tsv")):
+def setup_task(demo_data, *extra, files=("vqa_train.tsv", "vqa_val.tsv")):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [
-        ",".join(str(demo / f) for f in files), "--task", "vqa_gen", "--bpe-dir", str(demo / "bpe"),
+        ",".join(str(demo_data / f) for f in files), "--task", "vqa_gen", "--bpe-dir", str(demo_data / "bpe"),
         "--arch", "ofa_tiny", *TINY_MODEL, "--patch-image-size", "32", "--batch-size", "4", "--dropout", "0",
-        "--ans2label-file", str(demo / "trainval_ans2label.pkl"), "--code-dict-size", "0", "--num-bins", "8",
+        "--ans2label-file", str(demo_data / "trainval_ans2label.pkl"), "--code-dict-size", "0", "--num-bins", "8",
         "--criterion", "adjust_label_smoothed_encouraging_loss", "--log-end", "0.75", *extra])
     return tasks.setup_task(args), args
 
@@ -55,7 +49,7 @@ def test_answers_parse_to_confidences_and_the_target_is_the_most_confident_first
     assert (row.question_id, row.question, row.answer, row.conf) == (5, "is it green?", "yes", 1.0)
 
 
-def test_check_data_lists_every_bad_row(tmp_path, capsys, demo):
+def test_check_data_lists_every_bad_row(tmp_path, capsys, demo_data):
     answers = tmp_path / "answers.txt"
     answers.write_text("green\nblue\nyes\n")
     path = tmp_path / "vqa_val.tsv"
@@ -86,14 +80,14 @@ def test_check_data_lists_every_bad_row(tmp_path, capsys, demo):
     ]]
     assert f"{path}: 9 rows: 1 ok, 8 bad" in "\n".join(out)
     # the generated demo files are clean with their answer list
-    assert check_data(["--task", "vqa_gen", "--ans2label-file", str(demo / "trainval_ans2label.pkl"),
-                       str(demo / "vqa_train.tsv"), str(demo / "vqa_val.tsv")]) == 0
+    assert check_data(["--task", "vqa_gen", "--ans2label-file", str(demo_data / "trainval_ans2label.pkl"),
+                       str(demo_data / "vqa_train.tsv"), str(demo_data / "vqa_val.tsv")]) == 0
 
 
-def test_training_stops_at_a_bad_row_naming_file_and_row(tmp_path, demo):
+def test_training_stops_at_a_bad_row_naming_file_and_row(tmp_path, demo_data):
     path = tmp_path / "vqa_bad.tsv"
     path.write_text(vqa_row(answers="1.0|!+yes") + "\n" + vqa_row(qid="2", answers="0.5|!+unheard of") + "\n")
-    task, _ = setup_task(demo, files=(path, path))
+    task, _ = setup_task(demo_data, files=(path, path))
     task.load_dataset("valid")
     task.dataset("valid")[0]
     with pytest.raises(ValueError, match=rf"{path}: row 2: answers column: the target answer 'unheard of' is not"):
@@ -102,15 +96,15 @@ def test_training_stops_at_a_bad_row_naming_file_and_row(tmp_path, demo):
 
 # ---------------------------------------------------------------- samples
 @pytest.mark.parametrize("prompt_type", ["none", "src", "prev_output"])
-def test_samples_follow_ofa_prompt_types(demo, prompt_type):
-    task, _ = setup_task(demo, "--prompt-type", prompt_type, "--add-object")
+def test_samples_follow_ofa_prompt_types(demo_data, prompt_type):
+    task, _ = setup_task(demo_data, "--prompt-type", prompt_type, "--add-object")
     task.load_dataset("valid")
     dataset = task.dataset("valid")
     sample = dataset[0]
     codec, bos, eos, pad = task.codec, task.dictionary.bos(), task.dictionary.eos(), task.dictionary.pad()
-    question, answers = read_rows(str(demo / "vqa_val.tsv"))[0]
+    question, answers = read_rows(str(demo_data / "vqa_val.tsv"))[0]
     answer = max(answers, key=answers.get)
-    objects = open(demo / "vqa_val.tsv").readline().split("\t")[4]
+    objects = open(demo_data / "vqa_val.tsv").readline().split("\t")[4]
     text = torch.cat([codec.encode(" " + question), codec.encode(" object: " + objects.replace("&&", " "))])
     source = torch.cat([torch.tensor([bos]), text, torch.tensor([eos])])
     tokens = codec.encode(" " + answer)
@@ -126,10 +120,10 @@ def test_samples_follow_ofa_prompt_types(demo, prompt_type):
     assert batch["prefix_tokens"][0, :len(prompt) - 1].tolist() == prompt[1:].tolist()
 
 
-def test_conf_weights_ce_and_the_el_bonus_alike(demo):
+def test_conf_weights_ce_and_the_el_bonus_alike(demo_data):
     """A VQA batch's loss is the conf-weighted sum of its samples' losses at conf 1 (ours; OFA would turn the
     bonus into log(1 - p^conf) instead)."""
-    task, args = setup_task(demo, "--prompt-type", "prev_output")
+    task, args = setup_task(demo_data, "--prompt-type", "prev_output")
     task.load_dataset("valid")
     dataset = task.dataset("valid")
     model = task.build_model(args).eval()
@@ -197,8 +191,8 @@ def test_vqa_score_is_the_predicted_answers_confidence():
 
 
 @pytest.mark.parametrize("inference", ["allcand", "beamsearch"])
-def test_validation_logs_the_vqa_score_of_its_answers(demo, inference):
-    task, args = setup_task(demo, "--prompt-type", "prev_output", "--val-inference-type", inference,
+def test_validation_logs_the_vqa_score_of_its_answers(demo_data, inference):
+    task, args = setup_task(demo_data, "--prompt-type", "prev_output", "--val-inference-type", inference,
                             "--valid-batch-size", "7")
     task.load_dataset("valid")
     dataset = task.dataset("valid")
@@ -215,12 +209,12 @@ def test_validation_logs_the_vqa_score_of_its_answers(demo, inference):
     assert agg.get_smoothed_values()["vqa_score"] == round(log["_vqa_score_sum"] / 4, 4)
 
 
-def test_beam_search_as_wide_as_the_answer_set_finds_the_all_candidate_answers(demo):
+def test_beam_search_as_wide_as_the_answer_set_finds_the_all_candidate_answers(demo_data):
     """Such a beam explores the whole trie: with each step renormalised over the trie's tokens (OFA's generator)
     its best hypothesis is all-candidate scoring's best answer. fairseq's own prefix-constrained search also
     charges the probability outside the trie at every step and favours short answers."""
     beam = json.dumps({"beam": len(ANSWERS), "unnormalized": True})
-    task, args = setup_task(demo, "--prompt-type", "prev_output", "--val-inference-type", "beamsearch",
+    task, args = setup_task(demo_data, "--prompt-type", "prev_output", "--val-inference-type", "beamsearch",
                             "--eval-args", beam)
     task.load_dataset("valid")
     dataset = task.dataset("valid")
@@ -230,8 +224,8 @@ def test_beam_search_as_wide_as_the_answer_set_finds_the_all_candidate_answers(d
         assert task.predict_answers(model, batch) == task.predict_answers(model, batch, "allcand")
 
 
-def test_uses_ema_scores_with_the_ema_model(demo):
-    task, args = setup_task(demo, "--prompt-type", "prev_output", "--uses-ema")
+def test_uses_ema_scores_with_the_ema_model(demo_data):
+    task, args = setup_task(demo_data, "--prompt-type", "prev_output", "--uses-ema")
     task.load_dataset("valid")
     dataset = task.dataset("valid")
     model, ema = task.build_model(args).eval(), task.build_model(args).eval()
@@ -244,33 +238,33 @@ def test_uses_ema_scores_with_the_ema_model(demo):
     assert seen == [ema]
 
 
-def test_unconstrained_training_needs_beam_search(demo):
+def test_unconstrained_training_needs_beam_search(demo_data):
     with pytest.raises(ValueError, match="allcand needs a candidate set"):
-        setup_task(demo, "--unconstrained-training")
-    task, _ = setup_task(demo, "--unconstrained-training", "--val-inference-type", "beamsearch")
+        setup_task(demo_data, "--unconstrained-training")
+    task, _ = setup_task(demo_data, "--unconstrained-training", "--val-inference-type", "beamsearch")
     task.load_dataset("valid")
     assert task.candidates is None and "constraint_mask" not in task.dataset("valid")[0]
 
 
 # ---------------------------------------------------------------- the demo generator
-def test_demo_questions_have_answers_in_the_list_and_a_beatable_baseline(demo):
-    with open(demo / "trainval_ans2label.pkl", "rb") as handle:
+def test_demo_questions_have_answers_in_the_list_and_a_beatable_baseline(demo_data):
+    with open(demo_data / "trainval_ans2label.pkl", "rb") as handle:
         assert list(pickle.load(handle)) == list(ANSWERS)
-    rows = read_rows(str(demo / "vqa_train.tsv"))
-    assert len(rows) == 12 * 3
+    rows = read_rows(str(demo_data / "vqa_train.tsv"))
+    assert len(rows) == 3 * DEMO_DATA_OPTIONS["vqa_train_images"]  # three questions per image
     assert {question_kind(q) for q, _ in rows} <= {"colour", "shape", "position", "count", "yes/no"}
     assert all(set(a) <= set(ANSWERS) and max(a.values()) == 1.0 for _, a in rows)
-    assert 0.0 < majority_baseline(str(demo / "vqa_train.tsv"), str(demo / "vqa_val.tsv")) < 0.8
+    assert 0.0 < majority_baseline(str(demo_data / "vqa_train.tsv"), str(demo_data / "vqa_val.tsv")) < 0.8
 
 
 # ---------------------------------------------------------------- stock fairseq's EMA on an OFA model
-def test_fairseq_ema_steps_an_ofa_model_and_starts_from_restored_weights(demo):
+def test_fairseq_ema_steps_an_ofa_model_and_starts_from_restored_weights(demo_data):
     from fairseq import trainer
     from fairseq.dataclass.configs import EMAConfig
 
     from ofa_el.ema_compat import with_weights_as_ema
 
-    task, args = setup_task(demo)
+    task, args = setup_task(demo_data)
     model = task.build_model(args)
     integer_keys = [k for k, v in model.state_dict().items() if not torch.is_floating_point(v)]
     assert integer_keys  # the relative-position bucket tables (and BatchNorm counters)
