@@ -139,14 +139,14 @@ def test_conf_weights_ce_and_the_el_bonus_alike(demo_data):
     torch.testing.assert_close(weighted, sum(c * s for c, s in zip(batch["conf"], singles)), rtol=1e-4, atol=1e-4)
 
 
-def test_conf_weighting_log_prob_is_ofas_rule(demo):
+def test_conf_weighting_log_prob_is_ofas_rule(demo_data):
     """``--conf-weighting log-prob`` scales the log-probabilities by conf before the terms, as OFA: the label-smoothed
     CE is unchanged, and EL's bonus becomes log(1 - p^conf) (checked against that formula on the model's own
     constrained log-probabilities, the bonus clamped as the criterion's)."""
     from ofa_el.criterions.adjust_label_smoothed_cross_entropy import AdjustLabelSmoothedCrossEntropyCriterion
     from ofa_el.losses.terms import BONUS_FLOOR
 
-    task, args = setup_task(demo, "--prompt-type", "prev_output")
+    task, args = setup_task(demo_data, "--prompt-type", "prev_output")
     task.load_dataset("valid")
     dataset = task.dataset("valid")
     model = task.build_model(args).eval()
@@ -176,10 +176,10 @@ def test_conf_weighting_log_prob_is_ofas_rule(demo):
     assert not torch.allclose(got, ours_loss, rtol=1e-3)  # the rules differ for EL
 
 
-def test_conf_weighting_is_checked(demo):
+def test_conf_weighting_is_checked(demo_data):
     from ofa_el.errors import OptionError
 
-    task, _ = setup_task(demo)
+    task, _ = setup_task(demo_data)
     with pytest.raises(OptionError, match="--conf-weighting"):
         AdjustLabelSmoothedEncouragingLossCriterion(task, conf_weighting="logprob")
 
