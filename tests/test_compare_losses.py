@@ -12,6 +12,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from conftest import REPO_ROOT, tsv_rows
+from ofa_el.synthetic.demo_set import make_demo_data
 
 
 def load_experiment(name):
@@ -302,9 +303,22 @@ def test_execute_run_records_and_reuses(tmp_path, monkeypatch):
     assert len(calls) == 2  # reused, not trained again
 
 
+@pytest.fixture(scope="module")
+def quick_run_data(tmp_path_factory):
+    """A demo set with an epoch of at least 4 updates per task (160 caption rows at batch 32, 64 RefCOCO rows at
+    batch 16), so that ``--quick``'s 4 updates validate at 2 and 4 as it plans rather than at every epoch's end.
+    The shared set is too small for that."""
+    out = tmp_path_factory.mktemp("quick_run_data")
+    make_demo_data(str(out), seed=3, train_images=32, val_images=4, test_images=3, refcoco_train_images=64,
+                   refcoco_eval_images=3)
+    return out
+
+
 @pytest.mark.slow
-def test_quick_run_end_to_end(tmp_path, use_data, monkeypatch):
+def test_quick_run_end_to_end(tmp_path, quick_run_data, monkeypatch):
     """Train ce and el0.75 on both demo tasks for a few updates, evaluate, and report (minutes on 2 cores)."""
+    monkeypatch.setenv("DATA_DIR", str(quick_run_data))
+    monkeypatch.setenv("BPE_DIR", str(quick_run_data / "bpe"))
     monkeypatch.delenv("RESTORE_FILE", raising=False)  # grounding starts from a caption model trained here
     out = tmp_path / "out"
     results = cl.main(["--quick", "--work-dir", str(tmp_path / "work"), "--out", str(out)])
