@@ -105,15 +105,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     results_path = args.out / "results.json"
     stored = json.loads(results_path.read_text()) if results_path.is_file() and not args.force else {}
     results: Dict[str, Dict[str, Dict[str, float]]] = stored.get("runs", {})
+    baseline = majority_baseline(str(DEMO_DATA / "vqa_train.tsv"), str(DEMO_DATA / "vqa_test.tsv"))
     for seed in seeds:
         for rule in RULES:
             if str(seed) in results.get(rule, {}):
                 continue
             print(f"training vqa demo: --conf-weighting {rule} --seed {seed} ...", flush=True)
             results.setdefault(rule, {})[str(seed)] = train_and_score(rule, seed, args.out)
-            baseline = majority_baseline(str(DEMO_DATA / "vqa_train.tsv"), str(DEMO_DATA / "vqa_test.tsv"))
             results_path.write_text(json.dumps({"runs": results, "majority_baseline": baseline}, indent=1) + "\n")
-    baseline = majority_baseline(str(DEMO_DATA / "vqa_train.tsv"), str(DEMO_DATA / "vqa_test.tsv"))
     print("\n".join(["", "test VQA score (demo data), EL log_end 0.75:"] + summary_lines(results, baseline)))
 
 

@@ -48,8 +48,13 @@ class LeanDropout(FairseqDropout):
     every dropped activation (11 MB per dropout for ofa_base at 480 px, batch 4, 13 of them in the encoder).
     ``torch.native_dropout``, what CUDA runs already, keeps a bool mask."""
 
+    @property
+    def active(self) -> bool:
+        """Whether this call would drop anything (fairseq's own condition)."""
+        return self.p > 0 and (self.training or self.apply_during_inference)
+
     def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
-        if inplace or self.p >= 1 or not (self.p > 0 and (self.training or self.apply_during_inference)):
+        if inplace or self.p >= 1 or not self.active:
             return super().forward(x, inplace=inplace)
         return torch.native_dropout(x, self.p, True)[0]
 
@@ -63,7 +68,7 @@ class _FeedForward:
             x = self.final_layer_norm(x)
         x = self.fc1(x)
         norm = self.ffn_layernorm
-        if norm is not None and not self._activation_dropout_active():
+        if norm is not None and not self.activation_dropout_module.active:
             x = ActivationLayerNorm.apply(x, norm.weight, norm.bias, norm.eps, self.activation_fn)
         else:
             x = self.activation_dropout_module(self.activation_fn(x))
@@ -74,10 +79,6 @@ class _FeedForward:
             residual = self.w_resid * residual
         x = residual + drop_path(x, self.drop_path_rate, self.training, batch_dim=1)
         return x if self.normalize_before else self.final_layer_norm(x)
-
-    def _activation_dropout_active(self) -> bool:
-        dropout = self.activation_dropout_module
-        return dropout.p > 0 and (self.training or dropout.apply_during_inference)
 
     def build_feed_forward(self, args, embed_dim: int, ffn_dim: int) -> None:
         self.activation_fn = utils.get_activation_fn(getattr(args, "activation_fn", "gelu") or "gelu")
