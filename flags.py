@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from . import PACKAGE_DIR
+from . import PACKAGE_DIR, claim_folder_name
 
 #: fairseq's default ``--restore-file``: the save dir's last checkpoint, which a restarted run resumes from.
 DEFAULT_RESTORE = "checkpoint_last.pt"
@@ -43,7 +43,9 @@ def without_flag(argv: List[str], flag: str, takes_value: bool) -> List[str]:
 
 
 def with_user_dir(argv: List[str]) -> List[str]:
-    """Add ``--user-dir <plugin>`` unless given, so the saved config records where the plugin lives."""
+    """Add ``--user-dir <plugin>`` unless given, so the saved config records where the plugin lives; and let fairseq,
+    which imports a user-dir by its folder name, find this loaded package under it (a clone in ``/tmp/tmp.Ab3x``)."""
+    claim_folder_name()
     if flag_given(argv, "--user-dir"):
         return argv
     return argv + [f"--user-dir={PACKAGE_DIR}"]

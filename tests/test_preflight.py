@@ -154,3 +154,22 @@ def test_the_launcher_checks_before_any_process_starts(files, capsys, monkeypatc
     monkeypatch.setattr(subprocess, "call", lambda cmd: started.append(cmd) or 0)
     assert launch.main([str(recipe)]) == 0 and len(started) == 1
     assert launch.main([str(recipe), "--lr=0.5", "--resume"]) == 0 and "--resume" not in started[-1]
+
+
+def test_the_resume_check_parses_in_a_clone_whose_folder_name_has_a_dot(files, tmp_path, monkeypatch):
+    """fairseq imports ``--user-dir`` by its folder name, which fails for a clone in ``/tmp/tmp.Ab3x``; the resume
+    check parses the command in the launcher's own process, so the flag that names the folder also claims it."""
+    import sys
+
+    import ofa_el
+    from ofa_el import flags
+
+    clone = tmp_path / "clone.d4"
+    clone.mkdir()
+    monkeypatch.setattr(ofa_el, "__file__", str(clone / "__init__.py"))  # as if ofa_el lived in the clone
+    monkeypatch.setattr(ofa_el, "__path__", [str(clone)])
+    monkeypatch.setattr(flags, "PACKAGE_DIR", str(clone))
+    monkeypatch.setitem(sys.modules, "clone.d4", None)
+    del sys.modules["clone.d4"]  # absent during the test, removed again afterwards
+    cfg = training_config(train_argv(files))
+    assert cfg["common"]["user_dir"] == str(clone) and sys.modules["clone.d4"] is ofa_el
