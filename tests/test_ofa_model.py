@@ -26,6 +26,7 @@ from ofa_el.criterions.adjust_label_smoothed_encouraging_loss import AdjustLabel
 from ofa_el.models.ofa import attention
 from ofa_el.models.ofa.attention import LeanAttention, combined_mask, constant_mask, explicit_attention
 from ofa_el.models.ofa.model import OFAModel
+from ofa_el.models.ofa.position import image_position_ids
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "ofa_micro"
 MANIFESTS = Path(__file__).resolve().parent / "fixtures" / "ofa_manifests"
@@ -295,24 +296,67 @@ def attention_inputs(dtype, seed=0, bsz=2, heads=3, length=6, dim=4):
     return q, k, v, bias, constant_mask(future, padding, dtype)
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-6), (torch.float32, 1e-5)])
-def test_lean_attention_matches_ofa_order_with_gradients(dtype, tolerance):
-    """Output and the gradients of q, k, v and the batch-shared bias, against OFA's softmax(q k^T + mask) v
-    (both take the softmax in float32, as OFA does, whatever the input dtype)."""
+# float64 inputs still take a float32 softmax on both paths; the lean one's exp(s - logsumexp) carries float32's
+# rounding times the scores' size (up to ~7 here): ~2e-6 from exact float64 on these inputs, OFA's order ~3e-7
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 5e-6), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("relative", [False, True], ids=["base", "base+table"])
+@pytest.mark.parametrize("chunk_bytes", [attention.CHUNK_BYTES, 1], ids=["all-heads", "one-head-at-a-time"])
+def test_lean_attention_matches_ofa_order_with_gradients(dtype, tolerance, relative, chunk_bytes, monkeypatch):
+    """Output and the gradients of q, k, v, the batch-shared base bias and the relative table, against OFA's
+    softmax(q k^T + bias + mask) v with the bias materialised (both take the softmax in float32, as OFA does,
+    whatever the input dtype), whether the heads are taken all at once or one at a time."""
+    monkeypatch.setattr(attention, "CHUNK_BYTES", chunk_bytes)
     q, k, v, bias, constant = attention_inputs(dtype)
+    g = torch.Generator().manual_seed(9)
+    table = torch.randn(7, q.size(1), generator=g, dtype=dtype, requires_grad=True) if relative else None
+    index = torch.randint(0, 7, (1, q.size(2), q.size(2)), generator=g) if relative else None
     grad_out = torch.randn(q.shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    wanted = (q, k, v, bias) + ((table,) if relative else ())
     results = []
-    for compute in (lambda: LeanAttention.apply(q, k, v, bias, constant),
-                    lambda: explicit_attention(q, k, v, combined_mask(bias, constant), torch.nn.Identity())):
+    for compute in (lambda: LeanAttention.apply(q, k, v, bias, table, index, constant),
+                    lambda: explicit_attention(q, k, v, combined_mask(attention.position_bias(bias, table, index),
+                                                                      constant), torch.nn.Identity())):
         out = compute()
-        grads = torch.autograd.grad(out, (q, k, v, bias), grad_out)
+        grads = torch.autograd.grad(out, wanted, grad_out)
         results.append((out, grads))
     (lean, lean_grads), (explicit, explicit_grads) = results
     assert torch.allclose(lean, explicit, atol=tolerance, rtol=0)
-    for name, a, b in zip("qkvb", lean_grads, explicit_grads):
+    for name, a, b in zip(("q", "k", "v", "bias", "table"), lean_grads, explicit_grads):
         assert a.shape == b.shape, name
         assert torch.allclose(a, b, atol=tolerance, rtol=0), f"{name}: {(a - b).abs().max():.3g}"
-    assert explicit_grads[3].abs().sum() > 0  # the bias does get a gradient
+    assert all(grad.abs().sum() > 0 for grad in explicit_grads[3:])  # the bias parts do get gradients
+
+
+def test_head_chunks_cover_every_head_once_within_the_budget(monkeypatch):
+    query = torch.zeros(2, 12, 10, 4)
+    monkeypatch.setattr(attention, "CHUNK_BYTES", 2 * 10 * 30 * 4 * 5)  # five heads' scores over 30 keys
+    chunks = attention.head_chunks(query, key_len=30)
+    assert [(c.start, c.stop) for c in chunks] == [(0, 5), (5, 10), (10, 12)]
+    monkeypatch.setattr(attention, "CHUNK_BYTES", 1)
+    assert len(attention.head_chunks(query, key_len=30)) == 12  # never less than one head
+
+
+def test_the_encoders_relative_index_reproduces_ofas_block_bias():
+    """The one table and index of a layer give OFA's bias: the absolute bias plus the token table on token pairs,
+    the image table on patch pairs, nothing on mixed pairs."""
+    torch.manual_seed(0)
+    model = OFAModel.build_model(tiny_args(), Task(60))
+    encoder = model.encoder
+    text_len, patch_ids = 5, image_position_ids(2, 3, model.args.image_bucket_size)[None, :]
+    num_patches, heads = patch_ids.size(1), encoder.num_heads
+    length = num_patches + text_len
+    base = torch.randn(1, heads, length, length)
+    with torch.no_grad():
+        ours = attention.position_bias(base, encoder.relative_bias_table(1, with_patches=True),
+                                       encoder.relative_bias_index(text_len, patch_ids))
+        expected = base.clone()
+        token_buckets = encoder.token_rp_bucket[:text_len, :text_len]
+        expected[:, :, -text_len:, -text_len:] += encoder.token_rel_pos_table_list[1](token_buckets).permute(2, 0, 1)
+        image_buckets = encoder.image_rp_bucket[patch_ids[:, :, None], patch_ids[:, None, :]]
+        expected[:, :, :num_patches, :num_patches] += encoder.image_rel_pos_table_list[1](image_buckets).permute(
+            0, 3, 1, 2)
+    assert torch.equal(ours, expected)
+    assert torch.equal(ours[:, :, :num_patches, num_patches:], base[:, :, :num_patches, num_patches:])
 
 
 def forced(monkeypatch, path):

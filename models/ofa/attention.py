@@ -4,15 +4,21 @@ The position bias, the future mask and the key padding are folded into one addit
 attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels: no
 ``[B, H, T_q, T_k]`` probabilities kept for backward on CUDA, none materialised at inference on CPU).
 
+The position bias comes in two parts: a ``base`` (OFA's absolute bias, one tensor that every layer shares)
+and, optionally, a relative part given as a small learned ``table`` ``[N, H]`` and a bucket ``index``
+``[B or 1, T_q, T_k]`` into it (:func:`position_bias` adds them). Kept apart, a layer needs no bias tensor of
+its own for backward: the table and the index are small, and the base is shared.
+
 SDPA cannot serve one case: training on CPU with a position bias that needs a gradient (SDPA's CPU kernel
 takes no mask that does; it would fall back to its math kernel, which keeps the probabilities for
 backward like OFA's code). There :class:`LeanAttention` computes OFA's ``softmax(q k^T + mask) v`` and
-keeps only the row log-sum-exps, recomputing the probabilities in backward: one ``[B, H, T_q, T_k]``
-tensor less per layer (about 160 MB per encoder layer for ofa_base at 480 px, batch 4), for one more
-``q k^T`` in backward. With attention dropout on CPU (no recipe sets it) the explicit path keeps OFA's
-computation as it is, probabilities stored.
+keeps only the row log-sum-exps, recomputing the probabilities (and the bias, from its parts) in
+backward: no ``[B, H, T_q, T_k]`` tensor kept per layer (the probabilities are about 160 MB per encoder
+layer for ofa_base at 480 px, batch 4, its bias 40 MB), for one more ``q k^T`` in backward. It works on a
+few heads at a time, so its transient score tensors stay near ``CHUNK_BYTES``. With attention dropout on
+CPU (no recipe sets it) the explicit path keeps OFA's computation as it is, probabilities stored.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +27,21 @@ from fairseq.modules import FairseqDropout
 from torch import Tensor, nn
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+#: About how many bytes of float32 scores :class:`LeanAttention` holds at a time (it takes heads in groups).
+CHUNK_BYTES = 64 * 2 ** 20
+
+
+def position_bias(base: Optional[Tensor], table: Optional[Tensor] = None, index: Optional[Tensor] = None,
+                  heads: slice = slice(None)) -> Optional[Tensor]:
+    """``base + table[index]`` for the heads ``heads``: ``[B or 1, h, T_q, T_k]``.
+
+    ``base`` is ``[B or 1, H, T_q, T_k]``, ``table`` ``[N, H]``, ``index`` ``[B or 1, T_q, T_k]``. The base is added
+    first, as OFA adds the relative bias into a copy of the absolute one (so the sums are OFA's)."""
+    if table is None:
+        return base if base is None else base[:, heads]
+    relative = table[:, heads][index].permute(0, 3, 1, 2)
+    return relative if base is None else base[:, heads] + relative
 
 
 def constant_mask(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
@@ -43,12 +64,21 @@ def combined_mask(bias: Optional[Tensor], constant: Optional[Tensor]) -> Optiona
     return bias + constant
 
 
-def attention_path(query: Tensor, bias: Optional[Tensor], dropout: float) -> str:
+def attention_path(query: Tensor, bias_parts: Sequence[Optional[Tensor]], dropout: float) -> str:
     """``sdpa`` unless SDPA has no fused kernel for the call (on CPU, a bias that needs a gradient); then
-    ``lean`` (:class:`LeanAttention`), or ``explicit`` with attention dropout."""
-    if not (query.device.type == "cpu" and bias is not None and bias.requires_grad and torch.is_grad_enabled()):
+    ``lean`` (:class:`LeanAttention`), or ``explicit`` with attention dropout. ``bias_parts``: the bias's
+    learned inputs (base, table)."""
+    needs_grad = any(part is not None and part.requires_grad for part in bias_parts)
+    if not (query.device.type == "cpu" and needs_grad and torch.is_grad_enabled()):
         return "sdpa"
     return "lean" if dropout == 0.0 else "explicit"
+
+
+def head_chunks(query: Tensor, key_len: int) -> List[slice]:
+    """Groups of heads whose float32 ``[B, h, T_q, T_k]`` scores take about ``CHUNK_BYTES`` (at least one head)."""
+    per_head = query.size(0) * query.size(2) * key_len * 4
+    size = max(1, CHUNK_BYTES // per_head)
+    return [slice(start, min(start + size, query.size(1))) for start in range(0, query.size(1), size)]
 
 
 def explicit_attention(scaled_query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
@@ -64,42 +94,70 @@ def explicit_attention(scaled_query: Tensor, key: Tensor, value: Tensor, mask: O
 class LeanAttention(torch.autograd.Function):
     """``softmax(q k^T + bias + constant) v`` (``q`` already scaled, no dropout) that saves the row
     log-sum-exps instead of the probabilities and recomputes them in backward (the flash-attention
-    backward, unfused).
+    backward, unfused), a group of heads at a time (:func:`head_chunks`).
 
-    ``bias`` (the position bias, ``[B or 1, H, T_q, T_k]``) gets a gradient, summed back to its shape;
-    ``constant`` (:func:`constant_mask`, or None) is added after it, as OFA does, and needs none. Both are
-    saved as they are: a bias shared by the batch costs 1/B of the probabilities it replaces."""
+    The bias is :func:`position_bias` of ``base`` (``[B or 1, H, T_q, T_k]``), ``table`` and ``index`` (or None,
+    None: the base alone), recomputed in backward from them; ``base`` and ``table`` get gradients, summed back to
+    their shapes. ``constant`` (:func:`constant_mask`, or None) is added after the bias, as OFA does, and needs
+    none. What is saved is the inputs as they are: a base shared by the layers and the batch costs no layer
+    anything of its own."""
 
     @staticmethod
-    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, bias: Tensor, constant: Optional[Tensor]) -> Tensor:
-        scores = LeanAttention._scores(query, key, bias, constant)
-        log_sum_exp = torch.logsumexp(scores, dim=-1, keepdim=True)
-        probs = scores.sub_(log_sum_exp).exp_().to(query.dtype)
-        out = torch.matmul(probs, value)
-        ctx.save_for_backward(query, key, value, bias, constant, out, log_sum_exp)
+    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, base: Tensor, table: Optional[Tensor],
+                index: Optional[Tensor], constant: Optional[Tensor]) -> Tensor:
+        outs, log_sum_exps = [], []
+        for heads in head_chunks(query, key.size(2)):
+            scores = LeanAttention._scores(query, key, base, table, index, constant, heads)
+            log_sum_exp = torch.logsumexp(scores, dim=-1, keepdim=True)
+            probs = scores.sub_(log_sum_exp).exp_().to(query.dtype)
+            outs.append(torch.matmul(probs, value[:, heads]))
+            log_sum_exps.append(log_sum_exp)
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        log_sum_exp = torch.cat(log_sum_exps, dim=1) if len(log_sum_exps) > 1 else log_sum_exps[0]
+        ctx.save_for_backward(query, key, value, base, table, index, constant, out, log_sum_exp)
         return out
 
     @staticmethod
-    def _scores(query: Tensor, key: Tensor, bias: Tensor, constant: Optional[Tensor]) -> Tensor:
-        """float32 scores; the softmax's input, computed in place as far as the dtypes allow."""
-        scores = torch.matmul(query, key.transpose(2, 3)).add_(bias)
+    def _scores(query: Tensor, key: Tensor, base: Tensor, table: Optional[Tensor], index: Optional[Tensor],
+                constant: Optional[Tensor], heads: slice) -> Tensor:
+        """float32 scores of ``heads``; the softmax's input, computed in place as far as the dtypes allow."""
+        scores = torch.matmul(query[:, heads], key[:, heads].transpose(2, 3))
+        scores.add_(position_bias(base, table, index, heads))
         if constant is not None:
             scores.add_(constant)
         return scores.float()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        query, key, value, bias, constant, out, log_sum_exp = ctx.saved_tensors
-        scores = LeanAttention._scores(query, key, bias, constant)
-        probs = scores.sub_(log_sum_exp).exp_().to(query.dtype)
-        grad_value = torch.matmul(probs.transpose(2, 3), grad_out)
-        grad_probs = torch.matmul(grad_out, value.transpose(2, 3))
-        row_dot = (grad_out * out).sum(-1, keepdim=True)  # sum_j p_j dp_j, the softmax backward's shift
-        grad_scores = grad_probs.sub_(row_dot).mul_(probs)
-        grad_query = torch.matmul(grad_scores, key)
-        grad_key = torch.matmul(grad_scores.transpose(2, 3), query)
-        grad_bias = grad_scores.sum_to_size(bias.shape) if ctx.needs_input_grad[3] else None
-        return grad_query, grad_key, grad_value, grad_bias, None
+        query, key, value, base, table, index, constant, out, log_sum_exp = ctx.saved_tensors
+        want_base, want_table = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        grads: Dict[str, List[Tensor]] = {"query": [], "key": [], "value": [], "base": [], "table": []}
+        for heads in head_chunks(query, key.size(2)):
+            scores = LeanAttention._scores(query, key, base, table, index, constant, heads)
+            probs = scores.sub_(log_sum_exp[:, heads]).exp_().to(query.dtype)
+            head_grad = grad_out[:, heads]
+            grads["value"].append(torch.matmul(probs.transpose(2, 3), head_grad))
+            grad_probs = torch.matmul(head_grad, value[:, heads].transpose(2, 3))
+            row_dot = (head_grad * out[:, heads]).sum(-1, keepdim=True)  # sum_j p_j dp_j, the softmax's shift
+            grad_scores = grad_probs.sub_(row_dot).mul_(probs)
+            grads["query"].append(torch.matmul(grad_scores, key[:, heads]))
+            grads["key"].append(torch.matmul(grad_scores.transpose(2, 3), query[:, heads]))
+            if want_base or want_table:
+                rows = max(base.size(0), index.size(0) if index is not None else 1)
+                grad_bias = grad_scores.sum_to_size(rows, *grad_scores.shape[1:])
+                if want_base:
+                    grads["base"].append(grad_bias.sum_to_size(base[:, heads].shape))
+                if want_table:
+                    flat_index = index.expand(rows, -1, -1).reshape(-1)
+                    grads["table"].append(grad_bias.new_zeros(table.size(0), grad_bias.size(1)).index_add_(
+                        0, flat_index, grad_bias.permute(0, 2, 3, 1).reshape(-1, grad_bias.size(1))))
+
+        def joined(name: str) -> Optional[Tensor]:
+            parts = grads[name]
+            return None if not parts else torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+        return (joined("query"), joined("key"), joined("value"), joined("base"),
+                joined("table").to(table.dtype) if want_table else None, None, None)
 
 
 @with_incremental_state
@@ -136,8 +194,10 @@ class OFAAttention(nn.Module):
 
     def forward(self, query: Tensor, key: Optional[Tensor], key_padding_mask: Optional[Tensor] = None,
                 incremental_state: Optional[IncrementalState] = None, static_kv: bool = False,
-                attn_mask: Optional[Tensor] = None, attn_bias: Optional[Tensor] = None) -> Tuple[Tensor, None]:
-        """``attn_bias`` is ``[B or 1, H, T_q, T_k]`` (one row serves every sample when positions are shared)."""
+                attn_mask: Optional[Tensor] = None, attn_bias: Optional[Tensor] = None,
+                rel_table: Optional[Tensor] = None, rel_index: Optional[Tensor] = None) -> Tuple[Tensor, None]:
+        """The position bias is ``attn_bias`` (``[B or 1, H, T_q, T_k]``: one row serves every sample when positions
+        are shared) plus ``rel_table[rel_index]`` when a table is given (:func:`position_bias`)."""
         tgt_len, bsz, _ = query.shape
         q = self._heads(self.q_proj(query), bsz)
         saved = self._get_input_buffer(incremental_state) if incremental_state is not None else None
@@ -151,18 +211,22 @@ class OFAAttention(nn.Module):
         if incremental_state is not None:
             self._set_input_buffer(incremental_state, {"prev_key": k, "prev_value": v})
         if static_kv and k.size(0) != bsz:
-            out = self._shared_key_attention(q * self.scaling, k, v, key_padding_mask, attn_bias)
+            out = self._shared_key_attention(q * self.scaling, k, v, key_padding_mask,
+                                             position_bias(attn_bias, rel_table, rel_index))
             return self.out_proj(out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)), None
         constant = constant_mask(attn_mask, key_padding_mask, q.dtype)
         dropout = self.dropout_module.p if self.training or self.dropout_module.apply_during_inference else 0.0
-        path = attention_path(q, attn_bias, dropout)
-        if path == "sdpa":
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=combined_mask(attn_bias, constant),
-                                                 dropout_p=dropout, scale=self.scaling)
-        elif path == "lean":
-            out = LeanAttention.apply(q * self.scaling, k, v, attn_bias, constant)
+        path = attention_path(q, (attn_bias, rel_table), dropout)
+        if path == "lean":
+            if attn_bias is None:
+                raise ValueError("the lean attention path needs the position bias's base (attn_bias)")
+            out = LeanAttention.apply(q * self.scaling, k, v, attn_bias, rel_table, rel_index, constant)
         else:
-            out = explicit_attention(q * self.scaling, k, v, combined_mask(attn_bias, constant), self.dropout_module)
+            mask = combined_mask(position_bias(attn_bias, rel_table, rel_index), constant)
+            if path == "sdpa":
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scaling)
+            else:
+                out = explicit_attention(q * self.scaling, k, v, mask, self.dropout_module)
         if self.c_attn is not None:
             out = out * self.c_attn.view(1, -1, 1, 1)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.embed_dim)

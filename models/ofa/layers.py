@@ -104,11 +104,14 @@ class OFAEncoderLayer(nn.Module, _FeedForward):
         self.final_layer_norm = LayerNorm(dim)
         self.drop_path_rate = drop_path_rate
 
-    def forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor], self_attn_bias: Tensor) -> Tensor:
+    def forward(self, x: Tensor, encoder_padding_mask: Optional[Tensor], self_attn_bias: Tensor,
+                rel_table: Optional[Tensor] = None, rel_index: Optional[Tensor] = None) -> Tensor:
+        """The position bias is ``self_attn_bias + rel_table[rel_index]`` (see ``attention.position_bias``)."""
         residual = x
         if self.normalize_before:
             x = self.self_attn_layer_norm(x)
-        x, _ = self.self_attn(x, x, key_padding_mask=encoder_padding_mask, attn_bias=self_attn_bias)
+        x, _ = self.self_attn(x, x, key_padding_mask=encoder_padding_mask, attn_bias=self_attn_bias,
+                              rel_table=rel_table, rel_index=rel_index)
         if self.attn_ln is not None:
             x = self.attn_ln(x)
         x = residual + drop_path(self.dropout_module(x), self.drop_path_rate, self.training, batch_dim=1)
@@ -150,10 +153,14 @@ class OFADecoderLayer(nn.Module, _FeedForward):
 
     def forward(self, x: Tensor, encoder_out: Tensor, encoder_padding_mask: Optional[Tensor],
                 incremental_state: Optional[IncrementalState], self_attn_mask: Optional[Tensor],
-                self_attn_padding_mask: Optional[Tensor], self_attn_bias: Tensor, cross_attn_bias: Tensor) -> Tensor:
+                self_attn_padding_mask: Optional[Tensor], self_attn_bias: Tensor, cross_attn_bias: Tensor,
+                rel_table: Optional[Tensor] = None, rel_index: Optional[Tensor] = None) -> Tensor:
+        """The self-attention's position bias is ``self_attn_bias + rel_table[rel_index]``; the cross-attention's
+        is ``cross_attn_bias``."""
         x = self._attend(x, self.self_attn, self.self_attn_layer_norm, self.self_attn_ln, None,
                          key_padding_mask=self_attn_padding_mask, incremental_state=incremental_state,
-                         attn_mask=self_attn_mask, attn_bias=self_attn_bias)
+                         attn_mask=self_attn_mask, attn_bias=self_attn_bias, rel_table=rel_table,
+                         rel_index=rel_index)
         x = self._attend(x, self.encoder_attn, self.encoder_attn_layer_norm, self.cross_attn_ln, encoder_out,
                          key_padding_mask=encoder_padding_mask, incremental_state=incremental_state,
                          static_kv=True, attn_bias=cross_attn_bias)

@@ -161,18 +161,11 @@ class OFAEncoder(FairseqEncoder):
         x = x.transpose(0, 1)
         abs_bias = absolute_bias(self.pos_q_linear, self.pos_k_linear, positions, positions, self.num_heads,
                                  self.pos_scaling)
-        token_buckets = self.token_rp_bucket[:text_len, :text_len]
-        image_buckets = None
-        if patch_ids is not None:  # [B or 1, P, P], gathered once, looked up per layer
-            image_buckets = self.image_rp_bucket[patch_ids[:, :, None], patch_ids[:, None, :]]
+        rel_index = self.relative_bias_index(text_len, patch_ids)
         states = [x] if return_all_hiddens else []
         for index, layer in enumerate(self.layers):
-            bias = abs_bias.clone()
-            bias[:, :, -text_len:, -text_len:] += self.token_rel_pos_table_list[index](token_buckets).permute(2, 0, 1)
-            if image_buckets is not None:
-                bias[:, :, :num_patches, :num_patches] += \
-                    self.image_rel_pos_table_list[index](image_buckets).permute(0, 3, 1, 2)
-            x = layer(x, padding_mask if has_pads else None, bias)
+            table = self.relative_bias_table(index, with_patches=patch_ids is not None)
+            x = layer(x, padding_mask if has_pads else None, abs_bias, table, rel_index)
             if return_all_hiddens:
                 states.append(x)
         if self.layer_norm is not None:
@@ -186,6 +179,29 @@ class OFAEncoder(FairseqEncoder):
             "src_lengths": [],
             "position_embeddings": [positions],  # (B or 1) x T x C, after the position LayerNorms
         }
+
+    def relative_bias_index(self, text_len: int, patch_ids: Optional[Tensor]) -> Tensor:
+        """Bucket ids ``[B or 1, T, T]`` into :meth:`relative_bias_table` for ``[patches ; tokens]``: patch pairs look
+        up the image table, token pairs the token table, and mixed pairs (no relative bias in OFA) the zero row."""
+        token_buckets = self.token_rp_bucket[:text_len, :text_len]
+        if patch_ids is None:
+            return token_buckets[None]
+        token_rows = self.token_rel_pos_table_list[0].num_embeddings
+        zero_row = token_rows + self.image_rel_pos_table_list[0].num_embeddings
+        num_patches = patch_ids.size(1)
+        length = num_patches + text_len
+        index = token_buckets.new_full((patch_ids.size(0), length, length), zero_row)
+        index[:, :num_patches, :num_patches] = self.image_rp_bucket[patch_ids[:, :, None], patch_ids[:, None, :]]
+        index[:, :num_patches, :num_patches] += token_rows
+        index[:, num_patches:, num_patches:] = token_buckets
+        return index
+
+    def relative_bias_table(self, layer: int, with_patches: bool) -> Tensor:
+        """Layer ``layer``'s relative-bias tables as one ``[N, H]`` table: tokens', then patches' and a zero row."""
+        tokens = self.token_rel_pos_table_list[layer].weight
+        if not with_patches:
+            return tokens
+        return torch.cat([tokens, self.image_rel_pos_table_list[layer].weight, tokens.new_zeros(1, tokens.size(1))])
 
     def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
         """Select the rows of ``new_order``; position embeddings of one row serve any batch and stay as they are."""
@@ -280,8 +296,8 @@ class OFADecoder(FairseqIncrementalDecoder):
         enc, enc_padding = encoder_out["encoder_out"][0], encoder_out["encoder_padding_mask"][0]
         states = [x]
         for index, layer in enumerate(self.layers):
-            bias = self_bias + self.token_rel_pos_table_list[index](token_buckets).permute(2, 0, 1).unsqueeze(0)
-            x = layer(x, enc, enc_padding, incremental_state, future_mask, padding, bias, cross_bias)
+            x = layer(x, enc, enc_padding, incremental_state, future_mask, padding, self_bias, cross_bias,
+                      self.token_rel_pos_table_list[index].weight, token_buckets[None])
             states.append(x)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
